@@ -1,0 +1,21 @@
+"""Transfer regularizers :math:`\\Omega(w, w_s)`, each a ``paddle.nn.Layer``."""
+
+from .base import SourceMismatchError, TransferRegularizer, load_state_dict, match_source
+from .fisher import estimate_fisher, load_fisher, save_fisher
+from .weight import L1SP, L2, L2SP, GroupLassoSP, L2SPFisher, WeightRegularizer
+
+__all__ = [
+    "TransferRegularizer",
+    "WeightRegularizer",
+    "SourceMismatchError",
+    "match_source",
+    "load_state_dict",
+    "L2",
+    "L2SP",
+    "L1SP",
+    "GroupLassoSP",
+    "L2SPFisher",
+    "estimate_fisher",
+    "save_fisher",
+    "load_fisher",
+]

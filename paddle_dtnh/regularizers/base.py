@@ -1,0 +1,188 @@
+"""What every transfer regularizer shares: the interface DTNH talks to, and
+matching a target network's parameters against the source network's."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+__all__ = [
+    "TransferRegularizer",
+    "SourceMismatchError",
+    "ParamMatch",
+    "match_source",
+    "load_state_dict",
+]
+
+
+class SourceMismatchError(ValueError):
+    """The target network's parameters do not line up with the source's."""
+
+
+class TransferRegularizer(paddle.nn.Layer):
+    """Base class of the regularizers :math:`\\Omega(w, w_s)`.
+
+    ``forward`` returns :math:`\\Omega` as a 0-d Tensor. Regularizers whose
+    gradient is known in closed form (the weight-space ones) set
+    ``closed_form_grad = True`` and implement :meth:`grad`, so DTNH needs no
+    backward pass for them; the others are differentiated by ``paddle.grad``.
+    """
+
+    #: True when :meth:`grad` gives the exact gradient without autograd.
+    closed_form_grad = False
+
+    def regularized_parameters(self) -> list:
+        """The target parameters :math:`\\Omega` depends on (not copies)."""
+        raise NotImplementedError
+
+    def grad(self) -> list:
+        """Closed-form gradient, aligned with :meth:`regularized_parameters`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form gradient; DTNH takes "
+            "its gradient with paddle.grad."
+        )
+
+
+def load_state_dict(source) -> dict:
+    """A source given as a Layer, a state dict or a ``.pdparams`` path, as a
+    dict of name -> Tensor or ndarray."""
+    if isinstance(source, paddle.nn.Layer):
+        return dict(source.state_dict())
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Source weights file not found: {source}")
+        source = paddle.load(str(source))
+        # PaddleHub's older modules save [state_dict, optimizer_state]
+        if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
+            source = source[0]
+    if not isinstance(source, Mapping):
+        raise TypeError(
+            "source must be a paddle.nn.Layer, a state dict (name -> Tensor) or "
+            f"a path to a .pdparams file, got {type(source).__name__}."
+        )
+    return dict(source)
+
+
+def _shape(value) -> tuple:
+    return tuple(value.shape)
+
+
+def _in_head(name: str, head: Sequence[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in head)
+
+
+@dataclass
+class ParamMatch:
+    """Target parameters split into those shared with the source and new ones.
+
+    Attributes:
+        shared (list[tuple[str, Tensor, Tensor]]): name, target parameter and
+            source value (a constant on the parameter's place and dtype).
+        new (list[tuple[str, Tensor]]): name and parameter of the new head.
+    """
+
+    shared: list
+    new: list
+
+
+def _format_names(title: str, names: list, limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    more = f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
+    return f"  {title} ({len(names)}): {shown}{more}"
+
+
+def match_source(
+    model: paddle.nn.Layer,
+    source=None,
+    *,
+    head: Sequence[str] = (),
+    strict: bool = True,
+) -> ParamMatch:
+    """Pair each trainable parameter of ``model`` with its source value.
+
+    Parameters whose name starts with one of ``head`` are the new head (no
+    source value). Every other trainable parameter must exist in ``source``
+    with the same name and shape; otherwise a :class:`SourceMismatchError`
+    lists the missing, mismatched and (with ``strict``) extra names.
+
+    Args:
+        model (paddle.nn.Layer): the target network.
+        source (Layer|dict|str|None): source network, state dict or
+            ``.pdparams`` path. ``None``: no source, every non-head parameter
+            is paired with nothing (plain L2). Default: None.
+        head (Sequence[str], optional): name prefixes of the new parameters,
+            for example ``["fc"]`` for paddle.vision's ResNet. Default: ().
+        strict (bool, optional): also reject source entries that match no
+            target tensor (outside the head). Default: True.
+
+    Returns:
+        ParamMatch: the shared and the new parameters.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.regularizers.base import match_source
+            >>> src = paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.Linear(4, 3))
+            >>> tgt = paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.Linear(4, 2))
+            >>> m = match_source(tgt, src, head=["1"])
+            >>> [n for n, _, _ in m.shared], [n for n, _ in m.new]
+            (['0.weight', '0.bias'], ['1.weight', '1.bias'])
+    """
+    head = [head] if isinstance(head, str) else list(head)
+    trainable = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+    all_names = [n for n, _ in model.named_parameters()]
+    unknown_head = [h for h in head if not any(_in_head(n, [h]) for n in all_names)]
+    if unknown_head:
+        raise ValueError(
+            f"head prefix(es) {unknown_head} match no parameter of the model. "
+            f"Parameter names start with: {sorted({n.split('.')[0] for n in all_names})}"
+        )
+
+    if source is None:
+        return ParamMatch(
+            shared=[(n, p, None) for n, p in trainable if not _in_head(n, head)],
+            new=[(n, p) for n, p in trainable if _in_head(n, head)],
+        )
+
+    state = load_state_dict(source)
+    shared, new, missing, mismatched = [], [], [], []
+    for name, param in trainable:
+        if _in_head(name, head):
+            new.append((name, param))
+        elif name not in state:
+            missing.append(name)
+        elif _shape(state[name]) != tuple(param.shape):
+            mismatched.append(
+                f"{name} (target {list(param.shape)}, source {list(_shape(state[name]))})"
+            )
+        else:
+            value = state[name]
+            value = value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+            ref = paddle.to_tensor(value, dtype=param.dtype, place=param.place)
+            ref.stop_gradient = True
+            shared.append((name, param, ref))
+
+    target_names = set(model.state_dict().keys())
+    extra = [] if not strict else sorted(
+        k for k in state if k not in target_names and not _in_head(k, head)
+    )
+    if missing or mismatched or extra:
+        lines = ["The target network does not match the source weights:"]
+        if missing:
+            lines.append(_format_names("missing in the source", missing))
+        if mismatched:
+            lines.append(_format_names("shape mismatch", mismatched))
+        if extra:
+            lines.append(_format_names("extra in the source", extra))
+        lines.append(
+            "Fix: declare the new layers with head=[...] (for example head=['fc']), "
+            "load weights of the same architecture, or pass strict=False to "
+            "ignore extra source entries."
+        )
+        raise SourceMismatchError("\n".join(lines))
+    return ParamMatch(shared=shared, new=new)

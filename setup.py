@@ -1,0 +1,26 @@
+"""Install paddle_dtnh.
+
+Paddle itself is an extra, so a GPU user is never forced onto the CPU build:
+  CPU:  pip install -c constraints.txt -e ".[cpu,hub,dev]"
+  GPU:  install paddlepaddle-gpu for your CUDA first (see README), then
+        pip install -c constraints.txt -e ".[hub,dev]"
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="paddle_dtnh",
+    version="0.1.0",
+    description="DTNH: regularized deep transfer learning that never hurts, for PaddlePaddle",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["paddle_dtnh", "paddle_dtnh.*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy", "tqdm"],
+    extras_require={
+        "cpu": ["paddlepaddle>=3.0"],
+        "hub": ["paddlehub==2.4.0", "visualdl>=2.5"],
+        "demo": ["scikit-learn", "mlxtend", "matplotlib"],
+        "dev": ["pytest", "hypothesis", "scikit-learn", "mlxtend", "matplotlib"],
+    },
+)
