@@ -46,6 +46,19 @@ def _optimizer_parameters(optimizer) -> list:
     return list(params)
 
 
+def _coupled_weight_decay(optimizer):
+    """The weight decay an optimizer adds to the gradient, or None. Momentum
+    keeps an L2 coefficient of its own, fused into its update kernel; AdamW's
+    decoupled decay is not a gradient term and is not reported."""
+    decay = getattr(optimizer, "regularization", None)
+    if decay is not None:
+        return decay
+    coeff = getattr(optimizer, "_regularization_coeff", 0.0)
+    if coeff:
+        return f"L2Decay({coeff})"
+    return None
+
+
 class DTNH:
     r"""Make a regularized transfer-learning step "never hurt" the data fit.
 
@@ -151,7 +164,7 @@ class DTNH:
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
         params = _optimizer_parameters(optimizer)
-        decay = getattr(optimizer, "regularization", None)
+        decay = _coupled_weight_decay(optimizer)
         if isinstance(decay, TransferRegularizer):
             raise TypeError(
                 "A transfer regularizer was passed as the optimizer's weight_decay; "

@@ -96,7 +96,7 @@ def estimate_fisher(
                 log_p = F.log_softmax(model(x[i : i + 1]), axis=-1)[0]
                 if mode == "sampled":
                     k = paddle.multinomial(paddle.exp(log_p.detach()), 1)
-                    classes, weights = [int(k)], [1.0]
+                    classes, weights = [int(k.item())], [1.0]
                 else:
                     classes = range(log_p.shape[0])
                     weights = paddle.exp(log_p.detach()).numpy().tolist()

@@ -1,0 +1,21 @@
+import numpy as np
+import paddle
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    paddle.seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture
+def float64():
+    """Build models in float64 for finite-difference checks."""
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    try:
+        yield
+    finally:
+        paddle.set_default_dtype(previous)

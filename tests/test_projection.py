@@ -1,0 +1,199 @@
+import math
+
+import numpy as np
+import paddle
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from paddle_dtnh.projection import dtnh_direction
+
+
+def T(values):
+    return paddle.to_tensor(np.asarray(values, dtype="float64"))
+
+
+def directions_np(task, reg, **kw):
+    d, _ = dtnh_direction([T(t) for t in task], [T(r) for r in reg], **kw)
+    return [x.numpy() for x in d]
+
+
+def test_no_conflict_is_plain_sum():
+    # <gJ, gO> = 1 > 0: d = gJ + lam * gO
+    d = directions_np([[1.0, 0.0]], [[1.0, 1.0]], lam=0.5)
+    np.testing.assert_allclose(d[0], [1.5, 0.5])
+
+
+def test_conflict_drops_opposing_component():
+    # gO = (-1, 1) against gJ = (1, 0): gO_x = (-1, 0), gO_y = (0, 1)
+    d = directions_np([[1.0, 0.0]], [[-1.0, 1.0]], lam=2.0)
+    np.testing.assert_allclose(d[0], [1.0, 2.0])
+
+
+def test_conflict_oblique_case_by_hand():
+    # gJ = (3, 4), gO = (-2, 1): <.,.> = -2, ||gJ||^2 = 25
+    # gO_y = (-2, 1) + 2/25 * (3, 4) = (-1.76, 1.32); d = gJ + 0.5 gO_y
+    d = directions_np([[3.0, 4.0]], [[-2.0, 1.0]], lam=0.5)
+    np.testing.assert_allclose(d[0], [3.0 - 0.88, 4.0 + 0.66])
+
+
+def test_project_false_is_vanilla_even_in_conflict():
+    d = directions_np([[1.0, 0.0]], [[-1.0, 1.0]], lam=2.0, project=False)
+    np.testing.assert_allclose(d[0], [-1.0, 2.0])
+
+
+def test_global_vs_layer_differ_when_one_tensor_conflicts():
+    task = [[1.0, 0.0], [1.0, 0.0]]
+    reg = [[-1.0, 0.0], [3.0, 0.0]]  # tensor 0 conflicts, the total does not
+    glob = directions_np(task, reg, lam=1.0, granularity="global")
+    layer = directions_np(task, reg, lam=1.0, granularity="layer")
+    np.testing.assert_allclose(glob[0], [0.0, 0.0])  # no global conflict: plain sum
+    np.testing.assert_allclose(layer[0], [1.0, 0.0])  # tensor 0 projected on its own
+    np.testing.assert_allclose(layer[1], [4.0, 0.0])
+
+
+def test_none_gradients_count_as_zero():
+    # the head has gJ but no gO; the trunk conflicts globally
+    d, _ = dtnh_direction([T([1.0, 0.0]), T([2.0])], [T([-1.0, 1.0]), None], lam=1.0)
+    # <gJ,gO> = -1, ||gJ||^2 = 5, coef = -0.2: gO_y = gO + 0.2 gJ
+    # trunk: (1, 0) + (-0.8, 1); head: 2 + 0.2 * 2
+    np.testing.assert_allclose(d[0].numpy(), [0.2, 1.0])
+    np.testing.assert_allclose(d[1].numpy(), [2.4])
+    d, _ = dtnh_direction([None, T([1.0])], [T([3.0]), None], lam=0.5)
+    np.testing.assert_allclose(d[0].numpy(), [1.5])
+    np.testing.assert_allclose(d[1].numpy(), [1.0])
+
+
+def test_both_none_stays_none():
+    d, _ = dtnh_direction([None, T([1.0])], [None, T([1.0])], lam=1.0)
+    assert d[0] is None
+
+
+def test_zero_task_gradient_gives_no_nan():
+    d, stats = dtnh_direction([T([0.0, 0.0])], [T([1.0, -1.0])], lam=0.3, with_stats=True)
+    np.testing.assert_allclose(d[0].numpy(), [0.3, -0.3])
+    for name, value in stats.items():
+        assert math.isfinite(float(value)), name
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1"])
+def test_invalid_lam(bad):
+    with pytest.raises(ValueError, match="Invalid lam"):
+        dtnh_direction([T([1.0])], [T([1.0])], lam=bad)
+
+
+def test_invalid_granularity_names_choices():
+    with pytest.raises(ValueError, match="'global', 'layer'"):
+        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, granularity="tensor")
+
+
+def test_misaligned_lists():
+    with pytest.raises(ValueError, match="aligned"):
+        dtnh_direction([T([1.0])], [T([1.0]), T([1.0])], lam=1.0)
+
+
+def test_all_none_raises():
+    with pytest.raises(ValueError, match="Every gradient is None"):
+        dtnh_direction([None], [None], lam=1.0)
+
+
+def _angle(a, b):
+    cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+@pytest.mark.parametrize("granularity", ["global", "layer"])
+def test_stats_match_numpy(granularity):
+    rng = np.random.default_rng(1)
+    task = [rng.normal(size=(3, 2)), rng.normal(size=4)]
+    reg = [rng.normal(size=(3, 2)) - task[0], rng.normal(size=4)]
+    lam = 0.7
+    d, stats = dtnh_direction(
+        [T(t) for t in task], [T(r) for r in reg], lam=lam, granularity=granularity, with_stats=True
+    )
+    flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
+    gj, go, dd = flat(task), flat(reg), flat([x.numpy() for x in d])
+    v = gj + lam * go
+    expected = {
+        "task_grad_norm": np.linalg.norm(gj),
+        "reg_grad_norm": np.linalg.norm(go),
+        "direction_norm": np.linalg.norm(dd),
+        "cos_task_reg": np.dot(gj, go) / np.linalg.norm(gj) / np.linalg.norm(go),
+        "conflict": float(np.dot(gj, go) < 0),
+        "conflict_fraction": np.mean([np.vdot(t, r) < 0 for t, r in zip(task, reg)]),
+        "angle1": _angle(dd, gj),
+        "angle2": _angle(dd, go),
+        "angle3": _angle(v, gj),
+        "angle4": _angle(v, go),
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(stats[name]), value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+# -- properties ---------------------------------------------------------------
+
+vectors = st.integers(min_value=1, max_value=6).flatmap(
+    lambda n: st.tuples(
+        arrays("float64", n, elements=st.floats(-10, 10)),
+        arrays("float64", n, elements=st.floats(-10, 10)),
+        arrays("float64", n, elements=st.floats(-10, 10)),
+        arrays("float64", n, elements=st.floats(-10, 10)),
+    )
+)
+lams = st.floats(0.0, 10.0)
+
+
+def _split(a, b):
+    return [T(a), T(b)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(vectors, lams, st.sampled_from(["global", "layer"]))
+def test_never_slows_the_empirical_loss(vs, lam, granularity):
+    """<d, gJ> >= ||gJ||^2 (up to rounding), globally and per tensor for 'layer'."""
+    j1, j2, o1, o2 = vs
+    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity)
+    d = [x.numpy() for x in d]
+    tol = 1e-9 * (1 + lam) * (1 + np.sum(np.square([*j1, *j2, *o1, *o2])))
+    gj = np.concatenate([j1, j2])
+    assert np.dot(np.concatenate(d), gj) >= np.dot(gj, gj) - tol
+    if granularity == "layer":
+        for di, ji in zip(d, (j1, j2)):
+            assert np.dot(di, ji) >= np.dot(ji, ji) - tol
+
+
+@settings(max_examples=100, deadline=None)
+@given(vectors, lams)
+def test_no_change_without_conflict(vs, lam):
+    j1, j2, o1, o2 = vs
+    gj, go = np.concatenate([j1, j2]), np.concatenate([o1, o2])
+    if np.dot(gj, go) < 0:
+        go = -go
+        o1, o2 = -o1, -o2
+    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam)
+    np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]), gj + lam * go, atol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(vectors, st.floats(0.01, 10.0), st.sampled_from(["global", "layer"]))
+def test_projecting_twice_changes_nothing(vs, lam, granularity):
+    """Projecting the already-projected regularizer direction again is a no-op."""
+    j1, j2, o1, o2 = vs
+    task = _split(j1, j2)
+    d, _ = dtnh_direction(task, _split(o1, o2), lam=lam, granularity=granularity)
+    # recover gO_y from d = gJ + lam * gO_y, then project it once more
+    reg_y = [(di - ti) / lam for di, ti in zip(d, task)]
+    d2, _ = dtnh_direction(task, reg_y, lam=lam, granularity=granularity)
+    scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
+    for a, b in zip(d, d2):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, lams)
+def test_global_equals_layer_for_a_single_tensor(vs, lam):
+    j1, _, o1, _ = vs
+    g, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="global")
+    l, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="layer")
+    np.testing.assert_allclose(g[0].numpy(), l[0].numpy(), atol=1e-12)
