@@ -1,6 +1,7 @@
 """Transfer regularizers :math:`\\Omega(w, w_s)`, each a ``paddle.nn.Layer``."""
 
 from .base import SourceMismatchError, TransferRegularizer, load_state_dict, match_source
+from .feature_maps import DELTA, FeatureMapRegularizer, KnowDist
 from .fisher import estimate_fisher, load_fisher, save_fisher
 from .weight import L1SP, L2, L2SP, GroupLassoSP, L2SPFisher, WeightRegularizer
 
@@ -15,6 +16,9 @@ __all__ = [
     "L1SP",
     "GroupLassoSP",
     "L2SPFisher",
+    "FeatureMapRegularizer",
+    "KnowDist",
+    "DELTA",
     "estimate_fisher",
     "save_fisher",
     "load_fisher",

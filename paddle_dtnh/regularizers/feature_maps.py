@@ -1,0 +1,255 @@
+r"""Feature-map transfer regularizers: KnowDist and DELTA.
+
+Both compare the target network's feature maps with those of a frozen copy
+of the source network on the same batch. Normalisation (so ``lam`` does not
+depend on batch size or feature-map size): each channel's squared distance
+is divided by its map's :math:`H \times W`, and the sum over channels and
+layers is averaged over the batch. Their gradient comes from ``paddle.grad``
+(no closed form); use ``opt.update(loss, reg_loss)`` or
+``opt.regularize(reg_loss)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import paddle
+
+from ..features import FeatureCapture, default_layers, frozen_copy
+from .base import TransferRegularizer, load_state_dict, match_source
+from .weight import _check_coefficient
+
+__all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
+
+
+def _source_network(model: paddle.nn.Layer, source) -> paddle.nn.Layer:
+    """A frozen source network: ``source`` itself if it is a Layer, else a
+    copy of ``model``'s architecture loaded with the given weights."""
+    if isinstance(source, paddle.nn.Layer):
+        return frozen_copy(source)
+    state = load_state_dict(source)
+    network = frozen_copy(model)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and list(own[k].shape) != list(np.shape(state[k]))]
+    if missing or mismatched:
+        raise ValueError(
+            "The source weights do not fit the target architecture: "
+            f"missing {missing[:10]}, shape mismatch {mismatched[:10]}. Pass the source "
+            "network itself (a paddle.nn.Layer) when its head differs from the target's."
+        )
+    network.set_state_dict(state)
+    return network
+
+
+def _channel_distances(target: paddle.Tensor, source: paddle.Tensor, name: str) -> paddle.Tensor:
+    """Per sample and channel: ||F_c(w,x) - F_c(w_s,x)||^2 / (H*W), shape [B, C]."""
+    if target.shape != source.shape:
+        raise ValueError(
+            f"Feature map {name!r} has shape {target.shape} in the target and "
+            f"{source.shape} in the source; hook layers with the same output shape."
+        )
+    if target.ndim not in (2, 4):
+        raise ValueError(
+            f"Feature map {name!r} must be [B, C, H, W] or [B, C], got shape {target.shape}."
+        )
+    diff = target - source
+    if diff.ndim == 2:
+        return diff * diff
+    return paddle.mean(diff * diff, axis=[2, 3])
+
+
+class FeatureMapRegularizer(TransferRegularizer):
+    """Shared machinery: the frozen source, the hooks and the distances.
+
+    Args:
+        model (paddle.nn.Layer): the target network.
+        source (Layer|dict|str): the source network, or its weights for
+            ``model``'s own architecture. A frozen copy is kept (eval mode,
+            no gradient); it is not a sublayer, so it is neither trained nor
+            saved with the model or with this regularizer.
+        layers (Sequence[str], optional): sublayers whose outputs are
+            compared. Default: the architecture's default (see
+            :func:`paddle_dtnh.features.default_layers`).
+        head (Sequence[str], optional): name prefixes of the new parameters.
+            Default: ().
+    """
+
+    def __init__(self, model, source, *, layers: Sequence[str] | None = None, head=()):
+        super().__init__()
+        self.layers = list(layers) if layers is not None else default_layers(model)
+        FeatureCapture(model, self.layers)  # validates the names now
+        match = match_source(model, None, head=head)
+        # plain attributes, not sublayers: see the class docstring
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_source", _source_network(model, source))
+        FeatureCapture(self._source, self.layers)
+        self._trainable = [p for _, p, _ in match.shared] + [p for _, p in match.new]
+        self._head = [p for _, p in match.new]
+
+    @property
+    def source(self) -> paddle.nn.Layer:
+        """The frozen source network."""
+        return self._source
+
+    def regularized_parameters(self) -> list:
+        return list(self._trainable)
+
+    def capture(self) -> FeatureCapture:
+        """A :class:`FeatureCapture` on the target for this regularizer's layers."""
+        return FeatureCapture(self._model, self.layers)
+
+    @paddle.no_grad()
+    def source_features(self, x: paddle.Tensor) -> dict:
+        """The source network's feature maps on ``x`` (no graph kept)."""
+        self._source.eval()
+        with FeatureCapture(self._source, self.layers) as features:
+            self._source(x)
+        return {k: v.detach() for k, v in features.items()}
+
+    def run(self, x: paddle.Tensor):
+        """Forward the target and the source once each on ``x``.
+
+        Returns:
+            tuple: ``(output, reg_loss)``: the target's output (logits) and
+            :math:`\\Omega` on this batch, sharing one graph.
+        """
+        with self.capture() as features:
+            output = self._model(x)
+        return output, self(x, features)
+
+    def _channel_weights(self, name: str, channels: int):
+        """Weight of each channel's distance in layer ``name`` (None: all 1)."""
+        return None
+
+    def _head_penalty(self):
+        return None
+
+    def _feature_scale(self) -> float:
+        return 1.0
+
+    def forward(self, x: paddle.Tensor, target_features: Mapping) -> paddle.Tensor:
+        missing = [n for n in self.layers if n not in target_features]
+        if missing:
+            raise ValueError(
+                f"target_features lacks {missing}: run the target's forward pass inside "
+                "`with reg.capture() as features:`, or use reg.run(x)."
+            )
+        source = self.source_features(x)
+        total = None
+        for name in self.layers:
+            per_channel = _channel_distances(target_features[name], source[name], name)
+            weights = self._channel_weights(name, per_channel.shape[1])
+            if weights is not None:
+                per_channel = per_channel * weights
+            term = paddle.mean(paddle.sum(per_channel, axis=1))
+            total = term if total is None else total + term
+        total = self._feature_scale() * total
+        head = self._head_penalty()
+        return total if head is None else total + head
+
+
+class KnowDist(FeatureMapRegularizer):
+    r"""Feature-map distillation from the source (DTNH paper, Eq. 3; Yim et
+    al., CVPR 2017).
+
+    .. math::
+
+        \Omega(w) = \frac{1}{n}\sum_{i=1}^{n}\sum_{l}\sum_{c}
+            \frac{\lVert F_{l,c}(w, x_i) - F_{l,c}(w_s, x_i)\rVert^2}{H_l W_l}
+
+    over the channels :math:`c` of each hooked layer :math:`l`.
+    See :class:`FeatureMapRegularizer` for the arguments.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.regularizers import KnowDist
+            >>> net = paddle.vision.models.resnet18(num_classes=4)
+            >>> reg = KnowDist(net, paddle.vision.models.resnet18(num_classes=4))
+            >>> logits, omega = reg.run(paddle.randn([2, 3, 32, 32]))
+            >>> logits.shape, omega.shape
+            ([2, 4], [])
+    """
+
+
+class DELTA(FeatureMapRegularizer):
+    r"""DELTA: attention-weighted feature-map distance plus a penalty on the
+    new head (Li et al., ICLR 2019, https://arxiv.org/abs/1901.09229, Eqs. 4-6).
+
+    .. math::
+
+        \Omega(w) = \alpha\,\frac{1}{n}\sum_{i=1}^{n}\sum_{l}\sum_{c}
+            C_l\,W_{l,c}\,\frac{\lVert F_{l,c}(w, x_i) - F_{l,c}(w_s, x_i)\rVert^2}{H_l W_l}
+            + \frac{\beta}{2}\lVert w_N\rVert^2
+
+    :math:`W_{l,\cdot}` sums to 1 over the :math:`C_l` channels of layer
+    :math:`l`; the factor :math:`C_l` (as in the PyTorch reference) makes
+    uniform weights equal 1, so DELTA without attention is exactly
+    ``alpha * KnowDist + beta/2 ||w_N||^2``.
+
+    Args:
+        alpha (float): weight of the feature-map term (reference: 0.01).
+        beta (float): weight of the head penalty (reference: 0.01).
+        attention (dict|AttentionWeights, optional): per layer, the channel
+            weights (summing to 1), from
+            :func:`paddle_dtnh.attention.compute_attention`. ``None`` gives
+            "DELTA without attention" (uniform weights). Default: None.
+        **kwargs: see :class:`FeatureMapRegularizer`.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.regularizers import DELTA
+            >>> net = paddle.vision.models.resnet18(num_classes=4)
+            >>> reg = DELTA(net, paddle.vision.models.resnet18(num_classes=4),
+            ...             alpha=0.01, beta=0.01, head=["fc"])
+            >>> logits, omega = reg.run(paddle.randn([2, 3, 32, 32]))
+            >>> float(omega) > 0
+            True
+    """
+
+    def __init__(self, model, source, *, alpha: float, beta: float, attention=None, **kwargs):
+        super().__init__(model, source, **kwargs)
+        self.alpha = _check_coefficient("alpha", alpha)
+        self.beta = _check_coefficient("beta", beta)
+        self._weights = {}
+        if attention is not None:
+            weights = getattr(attention, "weights", attention)
+            missing = [n for n in self.layers if n not in weights]
+            if missing:
+                raise ValueError(
+                    f"attention has no weights for layer(s) {missing}; it covers "
+                    f"{sorted(weights)}. Compute it for layers={self.layers}."
+                )
+            param = self._trainable[0] if self._trainable else None
+            for name in self.layers:
+                w = weights[name]
+                w = w.numpy() if isinstance(w, paddle.Tensor) else np.asarray(w)
+                if w.ndim != 1 or not np.isclose(w.sum(), 1.0, atol=1e-3) or (w < 0).any():
+                    raise ValueError(
+                        f"attention[{name!r}] must be 1-D non-negative weights summing to "
+                        f"1, got shape {w.shape} and sum {float(w.sum()):.4g}."
+                    )
+                kw = {} if param is None else {"dtype": param.dtype, "place": param.place}
+                self._weights[name] = paddle.to_tensor(w * w.shape[0], **kw)
+
+    def _channel_weights(self, name, channels):
+        weights = self._weights.get(name)
+        if weights is not None and weights.shape[0] != channels:
+            raise ValueError(
+                f"attention[{name!r}] has {weights.shape[0]} weights but the layer has "
+                f"{channels} channels: the attention was computed for another network."
+            )
+        return weights
+
+    def _feature_scale(self):
+        return self.alpha
+
+    def _head_penalty(self):
+        if not self._head or self.beta == 0:
+            return None
+        return 0.5 * self.beta * paddle.add_n([paddle.sum(p * p) for p in self._head])
