@@ -6,10 +6,18 @@ wrapper (:class:`DTNH`) and transfer regularizers
 (:mod:`paddle_dtnh.regularizers`).
 """
 
-from . import projection, regularizers
+from . import attention, features, projection, regularizers
 from .optimizer import DTNH, NONFINITE_POLICIES
 from .projection import dtnh_direction
 
 __version__ = "0.1.0"
 
-__all__ = ["DTNH", "NONFINITE_POLICIES", "dtnh_direction", "projection", "regularizers"]
+__all__ = [
+    "DTNH",
+    "NONFINITE_POLICIES",
+    "dtnh_direction",
+    "attention",
+    "features",
+    "projection",
+    "regularizers",
+]

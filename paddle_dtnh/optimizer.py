@@ -328,6 +328,9 @@ class DTNH:
             sq = [paddle.sum(d * d) for d in directions if d is not None]
             check = paddle.add_n(sq) if sq else paddle.zeros([])
         else:
+            # detach() shares storage (no copy) and lets Paddle write in place
+            task_grads = [None if g is None else g.detach() for g in task_grads]
+            reg_grads = [None if g is None else g.detach() for g in reg_grads]
             directions, stats = dtnh_direction(
                 task_grads,
                 reg_grads,
@@ -336,6 +339,7 @@ class DTNH:
                 eps=self.eps,
                 project=self.project,
                 with_stats=self.track_stats,
+                inplace=True,  # the gradients are ours: fresh from paddle.grad / grad()
             )
             check = stats["task_sq_norm"] + stats["reg_sq_norm"]
         # the one host sync of a step: whether to step at all

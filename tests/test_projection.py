@@ -197,3 +197,16 @@ def test_global_equals_layer_for_a_single_tensor(vs, lam):
     g, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="global")
     l, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="layer")
     np.testing.assert_allclose(g[0].numpy(), l[0].numpy(), atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, lams, st.sampled_from(["global", "layer"]), st.booleans())
+def test_inplace_equals_out_of_place(vs, lam, granularity, project):
+    j1, j2, o1, o2 = vs
+    task, reg = _split(j1, j2), [None, T(o2)]
+    expected, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], lam=lam,
+                                 granularity=granularity, project=project)
+    got, _ = dtnh_direction(task, reg, lam=lam, granularity=granularity, project=project, inplace=True)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
+    assert got[0] is task[0]  # written into the task gradient

@@ -40,7 +40,9 @@ class TransferRegularizer(paddle.nn.Layer):
         raise NotImplementedError
 
     def grad(self) -> list:
-        """Closed-form gradient, aligned with :meth:`regularized_parameters`."""
+        """Closed-form gradient, aligned with :meth:`regularized_parameters`.
+
+        Must return fresh tensors: DTNH combines the gradients in place."""
         raise NotImplementedError(
             f"{type(self).__name__} has no closed-form gradient; DTNH takes "
             "its gradient with paddle.grad."
