@@ -15,6 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddle_dtnh", "paddle_dtnh.*"]),
+    # the PaddleHub module directory is data, loaded by hub.Module(directory=)
+    package_data={"paddle_dtnh.hub": ["resnet18_vd_dtnh/*.py"]},
     python_requires=">=3.9",
     install_requires=["numpy", "tqdm"],
     extras_require={

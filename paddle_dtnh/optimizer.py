@@ -105,8 +105,10 @@ class DTNH:
             hold NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
         track_stats (bool, optional): compute the diagnostics (angles,
-            conflict, norms) into :attr:`last_stats` every step; a logger may
-            toggle it per step. Default: False.
+            conflict, norms) into :attr:`last_stats` every step. Default: False.
+        logger (paddle_dtnh.visualdl.DTNHLogger, optional): gets every applied
+            step's stats; the diagnostics are computed on its logging steps
+            only. Default: None.
         eps (float, optional): floor of :math:`\lVert g_J\rVert^2`. Default: 1e-20.
 
     Examples:
@@ -141,6 +143,7 @@ class DTNH:
         project: bool = True,
         on_nonfinite: str = "skip",
         track_stats: bool = False,
+        logger=None,
         eps: float = 1e-20,
     ):
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
@@ -202,13 +205,15 @@ class DTNH:
         self.project = project
         self.on_nonfinite = on_nonfinite
         self.track_stats = track_stats
+        self.logger = logger
         self.eps = eps
 
         self.num_steps = 0  # steps applied
         self.skipped_steps = 0  # steps skipped for non-finite gradients
         self._epoch = 0
         self.last_stats: dict = {}
-        self._stashed_reg = None  # (grads, value) from regularize()
+        self._stashed_reg = None  # (params, grads, value) from regularize()
+        self._noted_loss = None  # from note_task_loss(), for the logs
 
     # -- the coefficient ---------------------------------------------------
     @property
@@ -268,7 +273,7 @@ class DTNH:
             )
         params = self._trainable()
         lam = self.lam
-        if reg_loss is not None and not self.project and not self.track_stats:
+        if reg_loss is not None and not self.project and not self._wants_stats():
             # the vanilla baseline needs no separate gradients: one backward
             combined = paddle.grad(loss + lam * reg_loss, params, allow_unused=True)
             return self._apply(params, combined, None, loss, reg_loss, explicit=True, combined=True)
@@ -296,8 +301,20 @@ class DTNH:
         self._stashed_reg = (params, grads, reg_loss.detach())
         return reg_loss.detach()
 
-    def step(self) -> None:
-        """Hook mode: project ``p.grad`` (gJ from ``backward()``) and step."""
+    def note_task_loss(self, loss: paddle.Tensor) -> None:
+        """Hook mode: remember this batch's empirical loss for the logs of the
+        coming :meth:`step` (when the loop calls ``step()`` without it)."""
+        self._noted_loss = loss.detach()
+
+    def step(self, loss: paddle.Tensor | None = None) -> None:
+        """Hook mode: project ``p.grad`` (gJ from ``backward()``) and step.
+
+        Args:
+            loss (Tensor, optional): the empirical loss, for the logs only.
+                Default: the one given to :meth:`note_task_loss`, if any.
+        """
+        loss = loss if loss is not None else self._noted_loss
+        self._noted_loss = None
         params = self._trainable()
         task_grads = [p.grad if p._grad_ivar() is not None else None for p in params]
         reg_value = None
@@ -315,14 +332,21 @@ class DTNH:
             )
         else:
             reg_grads = self._closed_form_grads(params)
-        self._apply(params, task_grads, reg_grads, None, reg_value, explicit=False)
+        self._apply(params, task_grads, reg_grads, loss, reg_value, explicit=False)
 
     def minimize(self, loss=None, startup_program=None, parameters=None, no_grad_set=None):
         """Same as :meth:`step` (``paddle.Model`` calls it after ``backward()``)."""
-        self.step()
+        self.step(loss)
+
+    def _wants_stats(self) -> bool:
+        """Diagnostics for the coming step: always, or on the logger's steps."""
+        return self.track_stats or (
+            self.logger is not None and self.logger.wants_stats(self.num_steps + 1)
+        )
 
     def _apply(self, params, task_grads, reg_grads, loss, reg_loss, *, explicit, combined=False):
         lam = self.lam
+        with_stats = self._wants_stats()
         if combined:
             directions, stats = list(task_grads), {}
             sq = [paddle.sum(d * d) for d in directions if d is not None]
@@ -338,7 +362,7 @@ class DTNH:
                 granularity=self.granularity,
                 eps=self.eps,
                 project=self.project,
-                with_stats=self.track_stats,
+                with_stats=with_stats,
                 inplace=True,  # the gradients are ours: fresh from paddle.grad / grad()
             )
             check = stats["task_sq_norm"] + stats["reg_sq_norm"]
@@ -358,10 +382,12 @@ class DTNH:
                     "Lower the learning rate or lam, or set on_nonfinite='skip'."
                 )
             _log.warning("DTNH skipped a step: %s", message)
+            if self.logger is not None:
+                self.logger.on_skip(self)
             self.last_stats = {"skipped": True}
             return self.last_stats
 
-        if self.track_stats and self.regularizer is not None and reg_loss is None:
+        if with_stats and self.regularizer is not None and reg_loss is None:
             with paddle.no_grad():  # Omega at the weights gO was taken at
                 reg_loss = self.regularizer()
         for p, d in zip(params, directions):
@@ -382,6 +408,8 @@ class DTNH:
         if reg_loss is not None:
             stats["reg_loss"] = reg_loss.detach()
         self.last_stats = stats
+        if self.logger is not None:
+            self.logger.on_step(self, stats)
         return stats
 
     # -- Paddle's optimizer interface ------------------------------------------

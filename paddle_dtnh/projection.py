@@ -193,13 +193,32 @@ def dtnh_direction(
 
 def _cosine(dot, sq_a, sq_b):
     """Cosine from an inner product and two squared norms (0 if one is 0)."""
-    denom = paddle.sqrt(paddle.clip(sq_a * sq_b, min=1e-30))
+    denom = paddle.sqrt(paddle.clip(sq_a * sq_b, min=1e-300))
     return paddle.clip(dot / denom, min=-1.0, max=1.0)
 
 
 def _angle_deg(dot, sq_a, sq_b):
     """Angle in degrees from an inner product and two squared norms."""
     return paddle.acos(_cosine(dot, sq_a, sq_b)) * _RAD_TO_DEG
+
+
+def _angle_in_plane(x, y, jj, oo, jo, to_task):
+    """Angle in degrees between x*gJ + y*gO and gJ (``to_task``) or gO.
+
+    atan2 of the parts perpendicular and parallel to the reference, with the
+    perpendicular part taken directly (|y| * ||gO - proj_gJ gO||), so small
+    angles keep full precision where acos(cos) near 1 would not.
+    """
+    tiny = 1e-300
+    if to_task:
+        ref, other, cross, w_ref, w_other = jj, oo, jo, x, y
+    else:
+        ref, other, cross, w_ref, w_other = oo, jj, jo, y, x
+    ref_norm = paddle.sqrt(paddle.clip(ref, min=tiny))
+    w_other = paddle.abs(w_other) if isinstance(w_other, paddle.Tensor) else abs(w_other)
+    perp = w_other * paddle.sqrt(paddle.clip(other - cross * cross / paddle.clip(ref, min=tiny), min=0.0))
+    par = (w_ref * ref + w_other * cross) / ref_norm
+    return paddle.atan2(perp, par) * _RAD_TO_DEG
 
 
 def direction_stats(jj, oo, jo, task_scale, lam, granularity="global"):
@@ -241,7 +260,9 @@ def direction_stats(jj, oo, jo, task_scale, lam, granularity="global"):
             (45.0, 45.0)
     """
     _check_granularity(granularity)
-    a = task_scale
+    # a handful of scalars: float64 costs nothing and keeps small angles exact
+    jj, oo, jo = jj.astype("float64"), oo.astype("float64"), jo.astype("float64")
+    a = task_scale.astype("float64")
     sum_jj, sum_oo, sum_jo = jj.sum(), oo.sum(), jo.sum()
     # d = a*gJ + lam*gO (a per tensor for "layer")
     d_j = (a * jj).sum() + lam * sum_jo
@@ -251,15 +272,28 @@ def direction_stats(jj, oo, jo, task_scale, lam, granularity="global"):
     v_j = sum_jj + lam * sum_jo
     v_o = sum_jo + lam * sum_oo
     v_v = sum_jj + 2.0 * lam * sum_jo + lam * lam * sum_oo
+    if granularity == "global":
+        # d and v both lie in span{gJ, gO}: exact in-plane angles
+        one = paddle.ones([], dtype="float64")
+        angles = {
+            "angle1": _angle_in_plane(a, lam, sum_jj, sum_oo, sum_jo, to_task=True),
+            "angle2": _angle_in_plane(a, lam, sum_jj, sum_oo, sum_jo, to_task=False),
+            "angle3": _angle_in_plane(one, lam, sum_jj, sum_oo, sum_jo, to_task=True),
+            "angle4": _angle_in_plane(one, lam, sum_jj, sum_oo, sum_jo, to_task=False),
+        }
+    else:  # per-tensor scales take d out of that plane
+        angles = {
+            "angle1": _angle_deg(d_j, d_d, sum_jj),
+            "angle2": _angle_deg(d_o, d_d, sum_oo),
+            "angle3": _angle_deg(v_j, v_v, sum_jj),
+            "angle4": _angle_deg(v_o, v_v, sum_oo),
+        }
     return {
         "task_grad_norm": paddle.sqrt(sum_jj),
         "reg_grad_norm": paddle.sqrt(sum_oo),
         "direction_norm": paddle.sqrt(paddle.clip(d_d, min=0.0)),
         "cos_task_reg": _cosine(sum_jo, sum_jj, sum_oo),
-        "conflict": (sum_jo < 0).astype(jj.dtype),
-        "conflict_fraction": (jo < 0).astype(jj.dtype).mean(),
-        "angle1": _angle_deg(d_j, d_d, sum_jj),
-        "angle2": _angle_deg(d_o, d_d, sum_oo),
-        "angle3": _angle_deg(v_j, v_v, sum_jj),
-        "angle4": _angle_deg(v_o, v_v, sum_oo),
+        "conflict": (sum_jo < 0).astype("float64"),
+        "conflict_fraction": (jo < 0).astype("float64").mean(),
+        **angles,
     }

@@ -210,3 +210,18 @@ def test_inplace_equals_out_of_place(vs, lam, granularity, project):
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
     assert got[0] is task[0]  # written into the task gradient
+
+
+@settings(max_examples=100, deadline=None)
+@given(vectors, st.floats(0.0, 10.0))
+def test_dtnh_never_turns_further_from_the_task_gradient(vs, lam):
+    """Angle 1 <= Angle 3, also for tiny angles (where acos loses precision)."""
+    j1, j2, o1, o2 = vs
+    _, stats = dtnh_direction(_split(j1, j2), _split(1e-3 * o1, 1e-3 * o2), lam=lam, with_stats=True)
+    assert float(stats["angle1"]) <= float(stats["angle3"]) + 1e-9
+
+
+def test_small_angles_are_precise():
+    # gO = 1e-5 * e2, conflict-free: angle = atan(1e-5) in degrees
+    _, stats = dtnh_direction([T([1.0, 0.0])], [T([0.0, 1e-5])], lam=1.0, with_stats=True)
+    np.testing.assert_allclose(float(stats["angle1"]), np.degrees(np.arctan(1e-5)), rtol=1e-6)

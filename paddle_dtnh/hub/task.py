@@ -1,0 +1,92 @@
+"""One Layer that lets PaddleHub's Trainer and ``paddle.Model`` train with DTNH."""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+
+from ..optimizer import DTNH
+
+__all__ = ["TransferTask"]
+
+
+def _logits(output):
+    """PaddleHub classifiers return ``(logits, feature)``; others, logits."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class TransferTask(paddle.nn.Layer):
+    """Wrap a classifier so the loops that call ``loss.backward();
+    optimizer.step()`` themselves train it with DTNH and any regularizer.
+
+    In training mode, ``forward`` runs the target (and, for a feature-map
+    regularizer, the frozen source) once, and hands the regularizer's value
+    to ``optimizer.regularize`` before the loop's ``backward()``. Only
+    ``model`` is a sublayer: checkpoints hold the target's weights, never
+    the source's.
+
+    * hub.Trainer: ``hub.Trainer(task, optimizer, ...)``; ``training_step``
+      and ``validation_step`` return ``{'loss', 'metrics': {'acc'}}``.
+    * paddle.Model: ``paddle.Model(task).prepare(optimizer, CrossEntropyLoss())``.
+
+    Args:
+        model (paddle.nn.Layer): the target classifier (the one the
+            regularizer and the optimizer were built on).
+        optimizer (DTNH): the DTNH optimizer that trains it.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh import DTNH
+            >>> from paddle_dtnh.hub import TransferTask
+            >>> net = paddle.nn.Linear(4, 3)
+            >>> opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=0.0)
+            >>> task = TransferTask(net, opt)
+            >>> out = task.training_step((paddle.randn([2, 4]), paddle.to_tensor([0, 1])), 0)
+            >>> sorted(out)
+            ['loss', 'metrics']
+    """
+
+    def __init__(self, model: paddle.nn.Layer, optimizer: DTNH):
+        super().__init__()
+        if not isinstance(optimizer, DTNH):
+            raise TypeError(f"optimizer must be a paddle_dtnh.DTNH, got {type(optimizer).__name__}.")
+        owned = {id(p) for p in optimizer._params}
+        foreign = [n for n, p in model.named_parameters() if not p.stop_gradient and id(p) not in owned]
+        if foreign:
+            raise ValueError(
+                f"The optimizer does not own {len(foreign)} trainable parameter(s) of the model "
+                f"(e.g. {foreign[:3]}): build it over this model's parameters."
+            )
+        reg = optimizer.regularizer
+        if reg is not None and not reg.closed_form_grad and getattr(reg, "_model", model) is not model:
+            raise ValueError("The regularizer was built on another model than the one given here.")
+        self.model = model
+        object.__setattr__(self, "_optimizer", optimizer)  # not a sublayer: not saved
+
+    def forward(self, images):
+        reg = self._optimizer.regularizer
+        if self.training and reg is not None and not reg.closed_form_grad:
+            output, reg_loss = reg.run(images)
+            self._optimizer.regularize(reg_loss)
+        else:
+            output = self.model(images)
+        return _logits(output)
+
+    def _step(self, batch):
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        labels = labels.reshape([-1, 1]).astype("int64")
+        loss = F.cross_entropy(logits, labels)
+        acc = paddle.metric.accuracy(F.softmax(logits, axis=-1), labels)
+        return loss, acc
+
+    def training_step(self, batch, batch_idx):
+        loss, acc = self._step(batch)
+        self._optimizer.note_task_loss(loss)
+        return {"loss": loss, "metrics": {"acc": acc}}
+
+    def validation_step(self, batch, batch_idx):
+        loss, acc = self._step(batch)
+        return {"loss": loss, "metrics": {"acc": acc}}
