@@ -17,6 +17,7 @@ import warnings
 
 import paddle
 
+from .distributed import all_reduce_mean
 from .projection import GRANULARITIES, dtnh_direction
 from .regularizers.base import TransferRegularizer
 
@@ -275,13 +276,15 @@ class DTNH:
         lam = self.lam
         if reg_loss is not None and not self.project and not self._wants_stats():
             # the vanilla baseline needs no separate gradients: one backward
-            combined = paddle.grad(loss + lam * reg_loss, params, allow_unused=True)
+            combined = all_reduce_mean(paddle.grad(loss + lam * reg_loss, params, allow_unused=True))
             return self._apply(params, combined, None, loss, reg_loss, explicit=True, combined=True)
+        # under data parallelism, paddle.grad gives this rank's gradients only:
+        # average them (closed-form gradients are the same on every rank)
         if reg_loss is not None:
-            reg_grads = paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True)
+            reg_grads = all_reduce_mean(paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True))
         else:
             reg_grads = self._closed_form_grads(params)
-        task_grads = paddle.grad(loss, params, allow_unused=True)
+        task_grads = all_reduce_mean(paddle.grad(loss, params, allow_unused=True))
         return self._apply(params, task_grads, reg_grads, loss, reg_loss, explicit=True)
 
     def regularize(self, reg_loss: paddle.Tensor) -> paddle.Tensor:
@@ -297,7 +300,8 @@ class DTNH:
             Tensor: ``reg_loss`` detached, for logging.
         """
         params = self._trainable()
-        grads = paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True)
+        # backward() fills gJ all-reduced under DataParallel; gO from paddle.grad is local
+        grads = all_reduce_mean(paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True))
         self._stashed_reg = (params, grads, reg_loss.detach())
         return reg_loss.detach()
 
