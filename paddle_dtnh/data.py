@@ -216,7 +216,18 @@ def load_dataset(name: str, root: str | None = None, download: bool = False) -> 
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.")
-    return DATASETS[name].loader(root=root, download=download)
+    data = DATASETS[name].loader(root=root, download=download)
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        bad = split.labels[(split.labels < 0) | (split.labels >= data.num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"{name} ({split_name} split, from {root or 'its default location'}) has label {int(bad[0])}, "
+                f"outside [0, {data.num_classes - 1}] for its {data.num_classes} classes: the files are "
+                "corrupt or of another dataset."
+            )
+        if len(split.images) != len(split.labels):
+            raise ValueError(f"{name} ({split_name}): {len(split.images)} images but {len(split.labels)} labels.")
+    return data
 
 
 def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:

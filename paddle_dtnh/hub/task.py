@@ -74,13 +74,46 @@ class TransferTask(paddle.nn.Layer):
             output = self.model(images)
         return _logits(output)
 
+    def _input_channels(self):
+        for layer in self.model.sublayers():
+            if isinstance(layer, paddle.nn.Conv2D):
+                return layer.weight.shape[1]
+        return None
+
+    def _check_batch(self, images, labels):
+        """Clear errors for bad batches, before anything is computed or updated."""
+        channels, num_classes = self._input_channels(), self._num_classes()
+        if images.ndim != 4 or (channels is not None and images.shape[1] != channels):
+            raise ValueError(
+                f"Expected images of shape [batch, {channels}, height, width], got {list(images.shape)}. "
+                "Convert grayscale images to 3 channels (paddle_dtnh.data.to_tensor_batch does) "
+                "and use NCHW layout."
+            )
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels in the batch.")
+        if num_classes is None:
+            return
+        # one small host read per step; these loops already read the loss every step
+        low, high = paddle.stack([labels.min(), labels.max()]).numpy().tolist()
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Label {bad} is out of range for a {num_classes}-class head (labels must be in "
+                f"[0, {num_classes - 1}]). Check the dataset's labels or the model's label_list."
+            )
+
     def _step(self, batch):
         images, labels = batch[0], batch[1]
-        logits = self(images)
         labels = labels.reshape([-1, 1]).astype("int64")
+        self._check_batch(images, labels)
+        logits = self(images)
         loss = F.cross_entropy(logits, labels)
         acc = paddle.metric.accuracy(F.softmax(logits, axis=-1), labels)
         return loss, acc
+
+    def _num_classes(self):
+        linears = [layer for layer in self.model.sublayers() if isinstance(layer, paddle.nn.Linear)]
+        return linears[-1].weight.shape[1] if linears else None
 
     def training_step(self, batch, batch_idx):
         loss, acc = self._step(batch)
