@@ -16,6 +16,10 @@ and the data, with lam tuned per pair via --lam-*:
 
     python benchmarks/transfer_matrix.py --preset paper --device gpu --sources imagenet \\
         --targets caltech256 --target-root /data/caltech256 --per-class 30 --lam-l2sp 0.1
+
+Data parallel: ``python -m paddle.distributed.launch --nproc_per_node 2
+benchmarks/transfer_matrix.py ...`` (each global batch is split across the
+processes; rank 0 writes the files).
 """
 
 from __future__ import annotations
@@ -150,9 +154,12 @@ def main(argv=None):
     import paddle
 
     from paddle_dtnh.data import load_dataset
+    from paddle_dtnh.distributed import init_from_launcher, rank
     from paddle_dtnh.experiment import METHODS, run_transfer
 
     paddle.set_device(args.device)
+    init_from_launcher()
+    lead = rank() == 0  # only rank 0 writes
     cfg = build_config(args)
     os.makedirs(args.output, exist_ok=True)
     jsonl = os.path.join(args.output, "runs.jsonl")
@@ -174,11 +181,15 @@ def main(argv=None):
                       conflict_rate=float(np.nanmean(diag["conflict"])) if diag["conflict"] else None,
                       mean_angle1=float(np.nanmean(diag["angle1"])) if diag["angle1"] else None,
                       mean_angle3=float(np.nanmean(diag["angle3"])) if diag["angle3"] else None)
+        done[result["key"]] = result
+        if not lead:
+            continue
         with open(jsonl, "a") as f:
             f.write(json.dumps(result) + "\n")
-        done[result["key"]] = result
         print(f"[{i}/{len(todo)}] {source} -> {target} {METHODS[method].label} seed {seed}: "
               f"{100 * result['test_accuracy']:.2f}% ({result['seconds']:.0f} s)", flush=True)
+    if not lead:
+        return
     keys = {run_key(*c, cfg) for c in cells}
     runs = [r for r in done.values() if r["key"] in keys]
     table = markdown_table(runs, args.sources, args.targets, args.methods)

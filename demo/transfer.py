@@ -8,6 +8,7 @@ Figures 3-5 into --output.
 
     python demo/transfer.py
     python demo/transfer.py --source fashion-mnist --methods l2sp dtnh_l2sp knowdist dtnh_knowdist
+    python -m paddle.distributed.launch --nproc_per_node 2 demo/transfer.py   # data parallel
     visualdl --logdir output/transfer/visualdl
 """
 
@@ -151,19 +152,23 @@ def main(argv=None):
     import paddle
 
     from paddle_dtnh.data import load_dataset
+    from paddle_dtnh.distributed import init_from_launcher, rank
     from paddle_dtnh.experiment import METHODS, pretrain_source, run_transfer
 
     try:
         paddle.set_device(args.device)
     except (ValueError, RuntimeError) as err:
         sys.exit(f"Cannot use device {args.device!r}: {err}. Is Paddle's GPU build installed?")
+    world = init_from_launcher()  # > 1 under paddle.distributed.launch
+    lead = rank() == 0  # only rank 0 prints and writes
     started = time.time()
     os.makedirs(args.output, exist_ok=True)
-    progress = not args.no_progress
+    progress = not args.no_progress and lead
     if args.source_weights:
         source_path = args.source_weights
     else:
-        print(f"source: ResNet-18 pretrained on {args.source} (cached in {args.cache})", flush=True)
+        if lead:
+            print(f"source: ResNet-18 pretrained on {args.source} (cached in {args.cache})", flush=True)
         source_path = pretrain_source(args.source, cache_dir=args.cache, image_size=args.image_size,
                                       epochs=args.source_epochs, max_images=args.source_images,
                                       data_root=args.source_root, progress=progress)
@@ -176,13 +181,17 @@ def main(argv=None):
             result = run_transfer(method, source_path, target, cfg, seed=seed, log_dir=log_dir, progress=progress)
             result["label"] = METHODS[method].label
             results.append(result)
-            print(f"{result['label']:>16} seed {seed}: test accuracy {100 * result['test_accuracy']:.2f}% "
-                  f"({result['seconds']:.0f} s)", flush=True)
+            if lead:
+                print(f"{result['label']:>16} seed {seed}: test accuracy {100 * result['test_accuracy']:.2f}% "
+                      f"({result['seconds']:.0f} s)", flush=True)
+    if not lead:
+        return
     table = summary_table(results)
     figures = plot_figures(results, args.output)
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump({"args": vars(args), "source_weights": source_path, "results": results}, f, indent=1)
-    print(f"\n{args.source} -> {args.target}, {args.per_class} images per class, {args.iterations} steps\n")
+    print(f"\n{args.source} -> {args.target}, {args.per_class} images per class, {args.iterations} steps"
+          + (f", data parallel over {world} processes" if world > 1 else "") + "\n")
     print(table)
     for path in figures:
         print(f"figure: {path}")

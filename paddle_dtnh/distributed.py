@@ -12,12 +12,27 @@ from __future__ import annotations
 import paddle
 import paddle.distributed as dist
 
-__all__ = ["world_size", "all_reduce_mean"]
+__all__ = ["world_size", "rank", "init_from_launcher", "all_reduce_mean"]
 
 
 def world_size() -> int:
     """Number of data-parallel ranks (1 outside ``paddle.distributed``)."""
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's data-parallel rank (0 outside ``paddle.distributed``)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def init_from_launcher() -> int:
+    """Join the process group when started by ``paddle.distributed.launch``
+    with more than one process; return the world size."""
+    import os
+
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+        dist.init_parallel_env()
+    return world_size()
 
 
 def all_reduce_mean(grads: list) -> list:

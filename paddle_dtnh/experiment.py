@@ -18,6 +18,7 @@ import paddle.nn.functional as F
 
 from .attention import compute_attention
 from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
+from .distributed import rank, world_size
 from .optimizer import DTNH
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
@@ -118,8 +119,23 @@ def pretrain_source(
     settings = dict(dataset=dataset, image_size=image_size, epochs=epochs, batch_size=batch_size,
                     lr=lr, max_images=max_images, seed=seed, arch="resnet18")
     path = os.path.join(cache_dir, f"source-{dataset}-{_config_key(settings)}.pdparams")
+    if world_size() > 1:  # rank 0 trains and writes the cache; the others then read it
+        import paddle.distributed as dist
+
+        if rank() == 0 and not os.path.isfile(path):
+            _pretrain(path, settings, data_root, progress)
+        dist.barrier()
+        return path
     if os.path.isfile(path):
         return path
+    _pretrain(path, settings, data_root, progress)
+    return path
+
+
+def _pretrain(path, settings, data_root, progress):
+    dataset, image_size, epochs = settings["dataset"], settings["image_size"], settings["epochs"]
+    batch_size, lr, max_images, seed = (settings[k] for k in ("batch_size", "lr", "max_images", "seed"))
+    cache_dir = os.path.dirname(path)
     os.makedirs(cache_dir, exist_ok=True)
     data = load_dataset(dataset, root=data_root)
     rng = np.random.default_rng(seed)
@@ -152,7 +168,6 @@ def pretrain_source(
     os.replace(tmp, path)
     with open(path[: -len(".pdparams")] + ".json", "w") as f:
         json.dump({**settings, "train_seconds": time.time() - start, "test_accuracy": acc}, f, indent=2)
-    return path
 
 
 @paddle.no_grad()
@@ -233,6 +248,11 @@ def run_transfer(
         (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
     """
     spec = METHODS[check_methods([method])[0]]
+    # data parallel (paddle.distributed.launch): every rank draws the same
+    # global batch and trains on its share; DTNH averages the gradients
+    world, me = world_size(), rank()
+    if cfg.batch_size < world:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} data-parallel ranks.")
     start = time.time()
     paddle.seed(seed)
     rng = np.random.default_rng(seed)
@@ -255,7 +275,7 @@ def run_transfer(
         [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
     inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
     vdl = None
-    if log_dir:
+    if log_dir and me == 0:
         from .visualdl import DTNHLogger
 
         vdl = DTNHLogger(log_dir, interval=cfg.stats_interval)
@@ -278,11 +298,12 @@ def run_transfer(
     evaluate(0)
     model.train()
     order = []
-    with _progress(cfg.iterations, f"{spec.label} (seed {seed})", progress) as bar:
+    with _progress(cfg.iterations, f"{spec.label} (seed {seed})", progress and me == 0) as bar:
         for it in range(1, cfg.iterations + 1):
             if len(order) < cfg.batch_size:
                 order = list(rng.permutation(len(train_idx)))
-            b = paddle.to_tensor(np.asarray(order[: cfg.batch_size]))
+            share = order[: cfg.batch_size][me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
+            b = paddle.to_tensor(np.asarray(share))
             order = order[cfg.batch_size :]
             x = x_train[b]
             if cfg.augment:

@@ -1,6 +1,7 @@
 """Two CPU processes (gloo, loopback) reach the parameters of one process on
 the concatenated batch: DTNH averages its paddle.grad gradients across ranks."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -32,3 +33,21 @@ def test_two_processes_match_one_on_the_whole_batch(tmp_path, mode, hook):
     single, parallel = np.load(one), np.load(two)
     for name in single.files:
         np.testing.assert_allclose(parallel[name], single[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_demo_runs_data_parallel_through_the_launcher(tmp_path):
+    demo = pathlib.Path(__file__).resolve().parents[1] / "demo" / "transfer.py"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+           "--log_dir", str(tmp_path / "log"), str(demo), "--source", "digits", "--target", "digits",
+           "--iterations", "3", "--per-class", "2", "--batch-size", "8", "--image-size", "16",
+           "--source-images", "64", "--methods", "l2sp", "dtnh_knowdist", "--output", str(out),
+           "--cache", str(tmp_path / "cache"), "--no-progress"]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=400)
+    logs = {p.name: p.read_text() for p in (tmp_path / "log").glob("workerlog.*")}
+    assert proc.returncode == 0, proc.stderr[-1500:] + "".join(v[-1500:] for v in logs.values())
+    assert "data parallel over 2 processes" in logs["workerlog.0"]
+    assert "| DTNH (KnowDist) |" in logs["workerlog.0"] and "| DTNH" not in logs["workerlog.1"]
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["l2sp", "dtnh_knowdist"]
