@@ -16,6 +16,7 @@ import time
 import paddle
 import paddle.nn.functional as F
 
+from paddle_dtnh.hub.sources import resnet18_target
 from paddle_dtnh import DTNH
 from paddle_dtnh.regularizers import L2SP, KnowDist
 from paddle_dtnh.visualdl import DTNHLogger
@@ -37,8 +38,7 @@ def main():
     logdir = tempfile.mkdtemp(prefix="dtnh_vdl_")
 
     def build(logger):
-        model = paddle.vision.models.resnet18(num_classes=10)
-        model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc")})
+        model = resnet18_target(source, num_classes=10)
         if args.regularizer == "l2sp":
             reg = L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"])
         else:

@@ -53,12 +53,13 @@ def parse_args(argv=None):
 def _setup(args):
     import paddle
 
+    from paddle_dtnh.hub.sources import resnet18_target
+
     if args.device:
         paddle.set_device(args.device)
     paddle.seed(0)
     source = paddle.vision.models.resnet18(num_classes=1000)
-    model = paddle.vision.models.resnet18(num_classes=10)
-    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc")})
+    model = resnet18_target(source, num_classes=10)
     x = paddle.randn([args.batch_size, 3, args.image_size, args.image_size])
     y = paddle.randint(0, 10, [args.batch_size])
     return paddle, source, model, x, y
@@ -75,11 +76,11 @@ def build_step(args, name, paddle, source, x, y):
     import paddle.nn.functional as F
 
     from paddle_dtnh import DTNH
+    from paddle_dtnh.hub.sources import resnet18_target
     from paddle_dtnh.regularizers import DELTA, L2SP, KnowDist
 
     paddle.seed(0)
-    model = paddle.vision.models.resnet18(num_classes=10)
-    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc")})
+    model = resnet18_target(source, num_classes=10)
     kind, project = METHODS[name]
     reg = None
     if kind == "l2sp":

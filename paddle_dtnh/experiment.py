@@ -19,6 +19,7 @@ import paddle.nn.functional as F
 from .attention import compute_attention
 from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
+from .hub.sources import resnet18_target
 from .optimizer import DTNH
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
@@ -265,8 +266,7 @@ def run_transfer(
     state = paddle.load(source_path)
     source = paddle.vision.models.resnet18(num_classes=state["fc.weight"].shape[1])
     source.set_state_dict(state)
-    model = paddle.vision.models.resnet18(num_classes=target.num_classes)
-    model.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+    model = resnet18_target(state, target.num_classes)
 
     batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
                for i in range(0, len(train_idx), cfg.batch_size)]

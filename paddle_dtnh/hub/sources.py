@@ -21,7 +21,7 @@ import paddle
 from ..regularizers.base import load_state_dict
 from .resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, load_resnet18_vd_weights
 
-__all__ = ["PretrainedSource", "load_source", "RESNET18_VD_URL"]
+__all__ = ["PretrainedSource", "load_source", "resnet18_target", "RESNET18_VD_URL"]
 
 RESNET18_VD_URL = "https://paddlehub.bj.bcebos.com/dygraph/image_classification/resnet18_vd_imagenet.pdparams"
 
@@ -58,6 +58,25 @@ def _detect_architecture(state: dict, where: str) -> str:
     )
 
 
+def resnet18_target(source, num_classes: int) -> paddle.nn.Layer:
+    """A paddle.vision ResNet-18 with every weight of ``source`` (a network
+    or its state dict) but the head ``fc``, and a fresh head of ``num_classes``.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.hub.sources import resnet18_target
+            >>> model = resnet18_target(paddle.vision.models.resnet18(), num_classes=5)
+            >>> model.fc.weight.shape
+            [512, 5]
+    """
+    state = source.state_dict() if isinstance(source, paddle.nn.Layer) else source
+    model = paddle.vision.models.resnet18(num_classes=num_classes)
+    model.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+    return model
+
+
 def _vision_resnet18(state: dict | None, num_classes: int) -> PretrainedSource:
     source_classes = state["fc.weight"].shape[1] if state and "fc.weight" in state else 1000
     source = paddle.vision.models.resnet18(num_classes=source_classes)
@@ -66,9 +85,7 @@ def _vision_resnet18(state: dict | None, num_classes: int) -> PretrainedSource:
         if missing:
             raise ValueError(f"These resnet18 weights lack {missing[:10]}; the file is incomplete.")
         source.set_state_dict(state)
-    model = paddle.vision.models.resnet18(num_classes=num_classes)
-    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc.")})
-    return PretrainedSource(source, model, ["fc"], "resnet18")
+    return PretrainedSource(source, resnet18_target(source, num_classes), ["fc"], "resnet18")
 
 
 def _vd(state: dict, num_classes: int) -> PretrainedSource:
