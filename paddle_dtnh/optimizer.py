@@ -263,9 +263,10 @@ class DTNH:
                 (KnowDist, DELTA). Default: None.
 
         Returns:
-            dict: 0-d tensors ``task_loss``, ``reg_loss`` (when known) and,
-            with ``track_stats``, the diagnostics of
-            :func:`paddle_dtnh.projection.direction_stats`.
+            dict: ``lam`` and 0-d tensors ``task_loss``, ``reg_loss`` (when
+            known), the projection's ``task_sq_norm``, ``reg_sq_norm`` and
+            ``inner``, and, with ``track_stats`` or on the logger's steps, the
+            diagnostics of :func:`paddle_dtnh.projection.direction_stats`.
         """
         if self._needs_autograd_reg() and reg_loss is None:
             raise ValueError(
