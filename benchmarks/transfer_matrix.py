@@ -149,6 +149,30 @@ def markdown_table(runs, sources, targets, methods) -> str:
     return "\n".join(lines)
 
 
+def diagnostics_table(runs, sources, targets, methods) -> str:
+    """Per pair and regularizer: DTNH minus vanilla accuracy (same seeds), how
+    often gJ and gO conflicted, and DTNH's mean Angle 1 against Angle 3."""
+    lines = ["| source -> target | regularizer | DTNH - vanilla (points) | conflicting steps, vanilla / DTNH "
+             "| mean Angle 1 / Angle 3 under DTNH (deg) |", "|---|---|---|---|---|"]
+    for source in sources:
+        for target in targets:
+            for reg in ("l2sp", "knowdist", "delta"):
+                if reg not in methods or f"dtnh_{reg}" not in methods:
+                    continue
+                pick = lambda m: {r["seed"]: r for r in runs if (r["source"], r["target"], r["method"]) == (source, target, m)}
+                vanilla, dtnh = pick(reg), pick(f"dtnh_{reg}")
+                seeds = sorted(set(vanilla) & set(dtnh))
+                if not seeds:
+                    continue
+                gains = [100 * (dtnh[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
+                conflict = lambda rs: np.mean([rs[s]["conflict_rate"] for s in seeds])
+                a1 = np.mean([dtnh[s]["mean_angle1"] for s in seeds])
+                a3 = np.mean([dtnh[s]["mean_angle3"] for s in seeds])
+                lines.append(f"| {source} -> {target} | {reg} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
+                             f"| {100 * conflict(vanilla):.0f}% / {100 * conflict(dtnh):.0f}% | {a1:.2f} / {a3:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     import paddle
@@ -193,6 +217,7 @@ def main(argv=None):
     keys = {run_key(*c, cfg) for c in cells}
     runs = [r for r in done.values() if r["key"] in keys]
     table = markdown_table(runs, args.sources, args.targets, args.methods)
+    table += "\n\n" + diagnostics_table(runs, args.sources, args.targets, args.methods)
     with open(os.path.join(args.output, "table.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.output, "results.json"), "w") as f:
