@@ -76,7 +76,7 @@ class FeatureCapture:
             >>> net = paddle.nn.Sequential(paddle.nn.Linear(3, 4), paddle.nn.ReLU())
             >>> with FeatureCapture(net, ["0"]) as features:
             ...     out = net(paddle.ones([2, 3]))
-            >>> features["0"].shape
+            >>> list(features["0"].shape)
             [2, 4]
     """
 

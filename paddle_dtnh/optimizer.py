@@ -119,10 +119,10 @@ class DTNH:
             >>> import paddle.nn.functional as F
             >>> from paddle_dtnh import DTNH
             >>> from paddle_dtnh.regularizers import L2SP
-            >>> paddle.seed(0)
+            >>> _ = paddle.seed(0)
             >>> source = paddle.nn.Linear(4, 3)
             >>> model = paddle.nn.Linear(4, 3)
-            >>> model.set_state_dict(source.state_dict())
+            >>> _ = model.set_state_dict(source.state_dict())
             >>> reg = L2SP(model, source, alpha=0.1, beta=0.01)
             >>> opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()),
             ...            reg, lam=1.0)

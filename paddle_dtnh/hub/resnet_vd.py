@@ -78,7 +78,7 @@ class ResNet18VD(nn.Layer):
             >>> import paddle
             >>> from paddle_dtnh.hub import ResNet18VD
             >>> net = ResNet18VD(num_classes=5)
-            >>> net(paddle.randn([1, 3, 32, 32])).shape
+            >>> list(net(paddle.randn([1, 3, 32, 32])).shape)
             [1, 5]
     """
 

@@ -68,7 +68,7 @@ def resnet18_target(source, num_classes: int) -> paddle.nn.Layer:
             >>> import paddle
             >>> from paddle_dtnh.hub.sources import resnet18_target
             >>> model = resnet18_target(paddle.vision.models.resnet18(), num_classes=5)
-            >>> model.fc.weight.shape
+            >>> list(model.fc.weight.shape)
             [512, 5]
     """
     state = source.state_dict() if isinstance(source, paddle.nn.Layer) else source

@@ -83,7 +83,7 @@ class TransferTask(paddle.nn.Layer):
     def _check_batch(self, images, labels):
         """Clear errors for bad batches, before anything is computed or updated."""
         channels, num_classes = self._input_channels(), self._num_classes()
-        if images.ndim != 4 or (channels is not None and images.shape[1] != channels):
+        if channels is not None and (images.ndim != 4 or images.shape[1] != channels):
             raise ValueError(
                 f"Expected images of shape [batch, {channels}, height, width], got {list(images.shape)}. "
                 "Convert grayscale images to 3 channels (paddle_dtnh.data.to_tensor_batch does) "

@@ -170,7 +170,7 @@ class KnowDist(FeatureMapRegularizer):
             >>> net = paddle.vision.models.resnet18(num_classes=4)
             >>> reg = KnowDist(net, paddle.vision.models.resnet18(num_classes=4))
             >>> logits, omega = reg.run(paddle.randn([2, 3, 32, 32]))
-            >>> logits.shape, omega.shape
+            >>> list(logits.shape), list(omega.shape)
             ([2, 4], [])
     """
 

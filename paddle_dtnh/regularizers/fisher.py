@@ -65,7 +65,7 @@ def estimate_fisher(
             >>> from paddle_dtnh.regularizers import estimate_fisher
             >>> net = paddle.nn.Linear(4, 3)
             >>> fisher = estimate_fisher(net, [paddle.randn([5, 4])], progress=False)
-            >>> sorted(fisher), fisher["weight"].shape
+            >>> sorted(fisher), list(fisher["weight"].shape)
             (['bias', 'weight'], [4, 3])
     """
     if mode not in ("exact", "sampled"):

@@ -162,7 +162,7 @@ class L2SP(WeightRegularizer):
             >>> from paddle_dtnh.regularizers import L2SP
             >>> src = paddle.nn.Sequential(paddle.nn.Linear(3, 3), paddle.nn.Linear(3, 5))
             >>> net = paddle.nn.Sequential(paddle.nn.Linear(3, 3), paddle.nn.Linear(3, 2))
-            >>> net[0].set_state_dict(src[0].state_dict())
+            >>> _ = net[0].set_state_dict(src[0].state_dict())
             >>> reg = L2SP(net, src, alpha=0.1, beta=0.0, head=["1"])
             >>> float(reg())
             0.0
@@ -251,7 +251,7 @@ class GroupLassoSP(WeightRegularizer):
             >>> src = paddle.nn.Conv2D(2, 4, 3)
             >>> net = paddle.nn.Conv2D(2, 4, 3)
             >>> reg = GroupLassoSP(net, src, alpha=1.0, beta=0.0)
-            >>> reg.grad()[0].shape
+            >>> list(reg.grad()[0].shape)
             [4, 2, 3, 3]
     """
 
@@ -304,6 +304,7 @@ class L2SPFisher(WeightRegularizer):
             >>> from paddle_dtnh.regularizers import L2SPFisher
             >>> src = paddle.nn.Linear(2, 2)
             >>> net = paddle.nn.Linear(2, 2)
+            >>> _ = net.set_state_dict(src.state_dict())  # start at the source
             >>> fisher = {"weight": paddle.ones([2, 2]), "bias": paddle.ones([2])}
             >>> reg = L2SPFisher(net, src, fisher=fisher, alpha=1.0, beta=0.0)
             >>> float(reg())
