@@ -87,6 +87,7 @@ def build_config(args):
             cfg.lam[reg] = value
     cfg.lam_decay = args.lam_decay
     cfg.eval_interval = min(cfg.eval_interval, cfg.iterations)
+    cfg.stats_interval = min(cfg.stats_interval, cfg.iterations)
     return cfg
 
 
@@ -165,11 +166,16 @@ def diagnostics_table(runs, sources, targets, methods) -> str:
                 if not seeds:
                     continue
                 gains = [100 * (dtnh[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
-                conflict = lambda rs: np.mean([rs[s]["conflict_rate"] for s in seeds])
-                a1 = np.mean([dtnh[s]["mean_angle1"] for s in seeds])
-                a3 = np.mean([dtnh[s]["mean_angle3"] for s in seeds])
+
+                def mean_of(rs, key, fmt):  # diagnostics are absent when no step was logged
+                    values = [rs[s][key] for s in seeds if rs[s].get(key) is not None]
+                    return fmt(np.mean(values)) if values else "-"
+
+                pct = lambda v: f"{100 * v:.0f}%"
+                deg = lambda v: f"{v:.2f}"
                 lines.append(f"| {source} -> {target} | {reg} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
-                             f"| {100 * conflict(vanilla):.0f}% / {100 * conflict(dtnh):.0f}% | {a1:.2f} / {a3:.2f} |")
+                             f"| {mean_of(vanilla, 'conflict_rate', pct)} / {mean_of(dtnh, 'conflict_rate', pct)} "
+                             f"| {mean_of(dtnh, 'mean_angle1', deg)} / {mean_of(dtnh, 'mean_angle3', deg)} |")
     return "\n".join(lines)
 
 

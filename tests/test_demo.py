@@ -78,3 +78,25 @@ def test_demo_help_and_bad_arguments():
     bad = subprocess.run([sys.executable, str(ROOT / "demo" / "transfer.py"), "--iterations", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--iterations must be positive" in bad.stderr
+
+
+def test_transfer_matrix_resumes_and_writes_its_tables(tiny_source, tmp_path):
+    _, source = tiny_source
+    out = tmp_path / "matrix"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "transfer_matrix.py"), "--sources", source,
+           "--targets", "digits", "--methods", "l2sp", "dtnh_l2sp", "--seeds", "1", "--iterations", "2",
+           "--per-class", "2", "--batch-size", "8", "--image-size", "16", "--output", str(out), "--no-progress"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "2 runs, 0 already done" in first.stdout
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    with open(out / "runs.jsonl", "a") as f:  # a line cut by a crash is dropped and redone
+        f.write('{"key": "trunc')
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "2 runs, 2 already done" in second.stdout
+    table = (out / "table.md").read_text()
+    assert "| DTNH (L2-SP) |" in table and "DTNH - vanilla (points)" in table
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == ["dtnh_l2sp", "l2sp"]

@@ -119,3 +119,25 @@ def test_long_run_keeps_memory_flat_and_leaves_no_hooks():
     rss = result["rss_mb"]
     assert result["hooks_left"] == 0
     assert rss[300] - rss[100] < 3.0, rss  # measured +0.2 MB over 500 steps
+
+
+def test_skipped_steps_are_logged(tmp_path):
+    import glob
+
+    import paddle.nn.functional as F
+    from visualdl import LogReader
+
+    from paddle_dtnh.visualdl import DTNHLogger
+
+    net = paddle.nn.Linear(4, 3)
+    logger = DTNHLogger(str(tmp_path), interval=1)
+    opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=1.0, logger=logger)
+    x, y = paddle.randn([4, 4]), paddle.to_tensor([0, 1, 2, 0])
+    opt.update(F.cross_entropy(net(x), y))
+    opt.update(F.cross_entropy(net(x), y) * float("nan"))
+    opt.update(F.cross_entropy(net(x), y))
+    logger.close()
+    reader = LogReader(file_path=glob.glob(str(tmp_path / "vdlrecords.*.log"))[0])
+    skipped = [(r.id, r.value) for r in reader.get_data("scalar", "dtnh/skipped_steps")]
+    assert (2, 1.0) in skipped and skipped[-1] == (2, 1.0)
+    assert opt.num_steps == 2 and opt.skipped_steps == 1
