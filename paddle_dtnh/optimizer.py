@@ -12,11 +12,11 @@ projected direction, after DTNH.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import paddle
 
+from ._checks import check_choice, check_nonnegative
 from .distributed import all_reduce_mean
 from .projection import GRANULARITIES, dtnh_direction
 from .regularizers.base import TransferRegularizer
@@ -147,24 +147,15 @@ class DTNH:
         logger=None,
         eps: float = 1e-20,
     ):
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"Invalid lam: {lam!r}; expected a finite number >= 0.")
+        check_nonnegative("lam", lam)
         if not (isinstance(lam_decay, (int, float)) and 0 < lam_decay <= 1):
             raise ValueError(f"Invalid lam_decay: {lam_decay!r}; expected a ratio in (0, 1].")
         if steps_per_epoch is not None and not (isinstance(steps_per_epoch, int) and steps_per_epoch > 0):
             raise ValueError(
                 f"Invalid steps_per_epoch: {steps_per_epoch!r}; expected a positive int or None."
             )
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"Invalid granularity: {granularity!r}; expected one of "
-                f"{', '.join(map(repr, GRANULARITIES))}."
-            )
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"Invalid on_nonfinite: {on_nonfinite!r}; expected one of "
-                f"{', '.join(map(repr, NONFINITE_POLICIES))}."
-            )
+        check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
         params = _optimizer_parameters(optimizer)

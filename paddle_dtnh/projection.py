@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import paddle
 
+from ._checks import check_choice, check_nonnegative
+
 __all__ = ["GRANULARITIES", "dtnh_direction", "direction_stats"]
 
 #: ``"global"``: one inner product over all parameters (the paper).
@@ -36,11 +38,7 @@ _RAD_TO_DEG = 180.0 / math.pi
 
 
 def _check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"Invalid granularity: {granularity!r}; expected one of "
-            f"{', '.join(map(repr, GRANULARITIES))}."
-        )
+    check_choice("granularity", granularity, GRANULARITIES)
 
 
 def _dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor):
@@ -151,8 +149,7 @@ def dtnh_direction(
             True
     """
     _check_granularity(granularity)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"Invalid lam: {lam!r}; expected a finite number >= 0.")
+    check_nonnegative("lam", lam)
     if len(task_grads) != len(reg_grads):
         raise ValueError(
             f"task_grads has {len(task_grads)} entries but reg_grads has "

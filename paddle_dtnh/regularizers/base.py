@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import paddle
+
+from .._checks import as_array
 
 __all__ = [
     "TransferRegularizer",
@@ -163,9 +164,7 @@ def match_source(
                 f"{name} (target {list(param.shape)}, source {list(_shape(state[name]))})"
             )
         else:
-            value = state[name]
-            value = value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
-            ref = paddle.to_tensor(value, dtype=param.dtype, place=param.place)
+            ref = paddle.to_tensor(as_array(state[name]), dtype=param.dtype, place=param.place)
             ref.stop_gradient = True
             shared.append((name, param, ref))
 

@@ -17,8 +17,8 @@ import numpy as np
 import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
+from .._checks import as_array, check_nonnegative
 from .base import TransferRegularizer, load_state_dict, match_source
-from .weight import _check_coefficient
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
 
@@ -214,8 +214,8 @@ class DELTA(FeatureMapRegularizer):
 
     def __init__(self, model, source, *, alpha: float, beta: float, attention=None, **kwargs):
         super().__init__(model, source, **kwargs)
-        self.alpha = _check_coefficient("alpha", alpha)
-        self.beta = _check_coefficient("beta", beta)
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.beta = check_nonnegative("beta", beta)
         self._weights = {}
         if attention is not None:
             weights = getattr(attention, "weights", attention)
@@ -227,8 +227,7 @@ class DELTA(FeatureMapRegularizer):
                 )
             param = self._trainable[0] if self._trainable else None
             for name in self.layers:
-                w = weights[name]
-                w = w.numpy() if isinstance(w, paddle.Tensor) else np.asarray(w)
+                w = as_array(weights[name])
                 if w.ndim != 1 or not np.isclose(w.sum(), 1.0, atol=1e-3) or (w < 0).any():
                     raise ValueError(
                         f"attention[{name!r}] must be 1-D non-negative weights summing to "

@@ -19,15 +19,10 @@ from collections.abc import Mapping, Sequence
 
 import paddle
 
+from .._checks import as_array, check_nonnegative
 from .base import SourceMismatchError, TransferRegularizer, match_source
 
 __all__ = ["WeightRegularizer", "L2", "L2SP", "L1SP", "GroupLassoSP", "L2SPFisher"]
-
-
-def _check_coefficient(name: str, value) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"Invalid {name}: {value!r}; expected a finite number >= 0.")
-    return float(value)
 
 
 class WeightRegularizer(TransferRegularizer):
@@ -65,8 +60,8 @@ class WeightRegularizer(TransferRegularizer):
         strict: bool = True,
     ):
         super().__init__()
-        self.alpha = _check_coefficient("alpha", alpha)
-        self.beta = _check_coefficient("beta", beta)
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.beta = check_nonnegative("beta", beta)
         self.weights_only = weights_only
         if self._needs_source and source is None:
             raise ValueError(
@@ -176,7 +171,17 @@ class L2SP(WeightRegularizer):
         return w - w0
 
 
-class L1SP(WeightRegularizer):
+class _Smoothed(WeightRegularizer):
+    """A weight regularizer whose norm is smoothed by ``eps`` at zero."""
+
+    def __init__(self, model, source=None, *, eps: float = 1e-8, **kwargs):
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"Invalid eps: {eps!r}; expected a number > 0.")
+        super().__init__(model, source, **kwargs)
+        self.eps = float(eps)
+
+
+class L1SP(_Smoothed):
     r"""L1-SP: absolute distance to the source weights (L2-SP paper, Sec. 3),
     smoothed so the gradient is defined at :math:`w = w^0`.
 
@@ -201,12 +206,6 @@ class L1SP(WeightRegularizer):
             1
     """
 
-    def __init__(self, model, source=None, *, eps: float = 1e-8, **kwargs):
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"Invalid eps: {eps!r}; expected a number > 0.")
-        super().__init__(model, source, **kwargs)
-        self.eps = float(eps)
-
     def _penalty(self, index, w, w0):
         d = w - w0
         return paddle.sum(paddle.sqrt(d * d + self.eps)) - d.size * math.sqrt(self.eps)
@@ -226,7 +225,7 @@ def _group_axis(model: paddle.nn.Layer) -> dict:
     return axes
 
 
-class GroupLassoSP(WeightRegularizer):
+class GroupLassoSP(_Smoothed):
     r"""Group-Lasso-SP (L2-SP paper, Sec. 3): one group per output channel of
     each convolution and per output unit of each linear layer, weighted by
     the square root of the group size :math:`p_g`, smoothed like L1-SP.
@@ -256,10 +255,7 @@ class GroupLassoSP(WeightRegularizer):
     """
 
     def __init__(self, model, source=None, *, eps: float = 1e-8, **kwargs):
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"Invalid eps: {eps!r}; expected a number > 0.")
-        super().__init__(model, source, **kwargs)
-        self.eps = float(eps)
+        super().__init__(model, source, eps=eps, **kwargs)
         axes = _group_axis(model)
         self._axes = [axes.get(n, 0) for n, _, _ in self._shared]
 
@@ -332,9 +328,7 @@ class L2SPFisher(WeightRegularizer):
             )
         self._fisher = []
         for n, p, _ in self._shared:
-            f = fisher[n]
-            f = f.numpy() if isinstance(f, paddle.Tensor) else f
-            self._fisher.append(paddle.to_tensor(f, dtype=p.dtype, place=p.place))
+            self._fisher.append(paddle.to_tensor(as_array(fisher[n]), dtype=p.dtype, place=p.place))
 
     def _penalty(self, index, w, w0):
         d = w - w0
