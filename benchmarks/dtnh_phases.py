@@ -65,7 +65,7 @@ def main():
         paddle.grad(loss + omega, params, allow_unused=True)
         t.append(time.perf_counter())
         if step > 0:  # the first step warms up
-            for (name, samples), a, b in zip(phases.items(), t, t[1:]):
+            for samples, a, b in zip(phases.values(), t, t[1:]):
                 samples.append(b - a)
 
     print(f"| phase ({args.regularizer}, batch {args.batch_size}, {args.image_size}px) | ms |\n|---|---|")

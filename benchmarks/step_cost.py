@@ -179,7 +179,7 @@ def main(argv=None):
 
     config.update(paddle=paddle.__version__, device=args.device or paddle.device.get_device())
 
-    print(f"\n| method | step (ms) | vs. baseline | peak memory (MB) |\n|---|---|---|---|")
+    print("\n| method | step (ms) | vs. baseline | peak memory (MB) |\n|---|---|---|---|")
     baselines = {"dtnh_l2sp": "l2sp", "dtnh_knowdist": "knowdist", "dtnh_delta": "delta"}
     for name, r in results.items():
         base = baselines.get(name)

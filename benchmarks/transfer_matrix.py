@@ -86,8 +86,6 @@ def build_config(args):
         if value is not None:
             cfg.lam[reg] = value
     cfg.lam_decay = args.lam_decay
-    cfg.eval_interval = min(cfg.eval_interval, cfg.iterations)
-    cfg.stats_interval = min(cfg.stats_interval, cfg.iterations)
     return cfg
 
 
@@ -150,6 +148,24 @@ def markdown_table(runs, sources, targets, methods) -> str:
     return "\n".join(lines)
 
 
+def _runs_by_seed(runs, source, target, method) -> dict:
+    return {r["seed"]: r for r in runs if (r["source"], r["target"], r["method"]) == (source, target, method)}
+
+
+def _mean_of(by_seed, seeds, key, fmt) -> str:
+    """Mean of a diagnostic over ``seeds``; '-' where no step was logged."""
+    values = [by_seed[s][key] for s in seeds if by_seed[s].get(key) is not None]
+    return fmt(np.mean(values)) if values else "-"
+
+
+def _percent(v):
+    return f"{100 * v:.0f}%"
+
+
+def _degrees(v):
+    return f"{v:.2f}"
+
+
 def diagnostics_table(runs, sources, targets, methods) -> str:
     """Per pair and regularizer: DTNH minus vanilla accuracy (same seeds), how
     often gJ and gO conflicted, and DTNH's mean Angle 1 against Angle 3."""
@@ -160,22 +176,19 @@ def diagnostics_table(runs, sources, targets, methods) -> str:
             for reg in ("l2sp", "knowdist", "delta"):
                 if reg not in methods or f"dtnh_{reg}" not in methods:
                     continue
-                pick = lambda m: {r["seed"]: r for r in runs if (r["source"], r["target"], r["method"]) == (source, target, m)}
-                vanilla, dtnh = pick(reg), pick(f"dtnh_{reg}")
+                vanilla = _runs_by_seed(runs, source, target, reg)
+                dtnh = _runs_by_seed(runs, source, target, f"dtnh_{reg}")
                 seeds = sorted(set(vanilla) & set(dtnh))
                 if not seeds:
                     continue
                 gains = [100 * (dtnh[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
-
-                def mean_of(rs, key, fmt):  # diagnostics are absent when no step was logged
-                    values = [rs[s][key] for s in seeds if rs[s].get(key) is not None]
-                    return fmt(np.mean(values)) if values else "-"
-
-                pct = lambda v: f"{100 * v:.0f}%"
-                deg = lambda v: f"{v:.2f}"
-                lines.append(f"| {source} -> {target} | {reg} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
-                             f"| {mean_of(vanilla, 'conflict_rate', pct)} / {mean_of(dtnh, 'conflict_rate', pct)} "
-                             f"| {mean_of(dtnh, 'mean_angle1', deg)} / {mean_of(dtnh, 'mean_angle3', deg)} |")
+                lines.append(
+                    f"| {source} -> {target} | {reg} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
+                    f"| {_mean_of(vanilla, seeds, 'conflict_rate', _percent)} / "
+                    f"{_mean_of(dtnh, seeds, 'conflict_rate', _percent)} "
+                    f"| {_mean_of(dtnh, seeds, 'mean_angle1', _degrees)} / "
+                    f"{_mean_of(dtnh, seeds, 'mean_angle3', _degrees)} |"
+                )
     return "\n".join(lines)
 
 

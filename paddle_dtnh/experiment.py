@@ -274,12 +274,14 @@ def run_transfer(
     schedule = paddle.optimizer.lr.PiecewiseDecay(
         [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
     inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
+    # a run shorter than the interval still records its last step
+    stats_interval = min(cfg.stats_interval, cfg.iterations)
     vdl = None
     if log_dir and me == 0:
         from .visualdl import DTNHLogger
 
-        vdl = DTNHLogger(log_dir, interval=cfg.stats_interval)
-    recorder = Recorder(cfg.stats_interval, vdl)
+        vdl = DTNHLogger(log_dir, interval=stats_interval)
+    recorder = Recorder(stats_interval, vdl)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
                steps_per_epoch=steps_per_epoch, granularity=cfg.granularity, project=spec.project,

@@ -28,7 +28,7 @@ def test_quickstart_runs(monkeypatch):
     scope = {"train_loader": loader}
 
     exec(compile(quickstart_code(), str(README), "exec"), scope)
-    opt, model = scope["opt"], scope["model"]
+    opt = scope["opt"]
     assert opt.num_steps == 2 and opt.skipped_steps == 0
     assert scope["reg"].regularized_names()[-1] == "fc.weight"
     assert float(scope["reg"]()) > 0  # the weights moved away from the source
