@@ -43,7 +43,7 @@ PRESETS = {
 
 def parse_args(argv=None):
     from paddle_dtnh.data import DATASETS
-    from paddle_dtnh.experiment import METHODS
+    from paddle_dtnh.experiment import METHODS, check_methods
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="offline", help="default: offline")
@@ -52,7 +52,9 @@ def parse_args(argv=None):
                         "or .pdparams paths (default: mnist5k fashion-mnist)")
     p.add_argument("--targets", nargs="+", default=["digits", "fashion-mnist"], choices=list(DATASETS),
                    help="target datasets (default: digits fashion-mnist)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="default: all")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help="finetune, <reg> or dtnh_<reg>[@<rule>] (see demo/transfer.py --help); "
+                        f"default: {' '.join(METHODS)}")
     p.add_argument("--seeds", type=int, default=5, help="seeds per cell, 0..N-1 (default: 5)")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--per-class", type=int, help="override the preset's images per class")
@@ -71,6 +73,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.seeds <= 0:
         p.error("--seeds must be positive")
+    try:
+        check_methods(args.methods)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
@@ -132,11 +138,11 @@ def load_runs(path):
 
 
 def markdown_table(runs, sources, targets, methods) -> str:
-    from paddle_dtnh.experiment import METHODS
+    from paddle_dtnh.experiment import method_spec
 
     lines = []
     for source in sources:
-        lines += [f"\n**Source: {source}**\n", "| target | " + " | ".join(METHODS[m].label for m in methods) + " |",
+        lines += [f"\n**Source: {source}**\n", "| target | " + " | ".join(method_spec(m).label for m in methods) + " |",
                   "|---" * (len(methods) + 1) + "|"]
         for target in targets:
             cells = []
@@ -198,7 +204,7 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from paddle_dtnh.experiment import METHODS, run_transfer
+    from paddle_dtnh.experiment import method_spec, run_transfer
 
     paddle.set_device(args.device)
     init_from_launcher()
@@ -229,7 +235,7 @@ def main(argv=None):
             continue
         with open(jsonl, "a") as f:
             f.write(json.dumps(result) + "\n")
-        print(f"[{i}/{len(todo)}] {source} -> {target} {METHODS[method].label} seed {seed}: "
+        print(f"[{i}/{len(todo)}] {source} -> {target} {method_spec(method).label} seed {seed}: "
               f"{100 * result['test_accuracy']:.2f}% ({result['seconds']:.0f} s)", flush=True)
     if not lead:
         return

@@ -25,7 +25,7 @@ import numpy as np
 
 def parse_args(argv=None):
     from paddle_dtnh.data import DATASETS
-    from paddle_dtnh.experiment import METHODS, RunConfig
+    from paddle_dtnh.experiment import CONFLICT_RULES, METHODS, RunConfig, check_methods
 
     d = RunConfig()
     datasets = ", ".join(f"{k} ({v.description})" for k, v in DATASETS.items())
@@ -39,8 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--source-root", help="folder of the source dataset's files, if not the default")
     p.add_argument("--target-root", help="folder of the target dataset's files, if not the default")
     p.add_argument("--download", action="store_true", help="allow downloading paddle.vision datasets")
-    p.add_argument("--methods", nargs="+", default=["finetune", "l2sp", "dtnh_l2sp"], choices=list(METHODS),
-                   help="methods to run (default: finetune l2sp dtnh_l2sp)")
+    p.add_argument("--methods", nargs="+", default=["finetune", "l2sp", "dtnh_l2sp"], metavar="METHOD",
+                   help="methods to run: finetune, <reg> or dtnh_<reg>[@<rule>], with <reg> in l2sp, "
+                        f"knowdist, delta and <rule> in {', '.join(CONFLICT_RULES)} (default: finetune l2sp "
+                        f"dtnh_l2sp); e.g. {' '.join(METHODS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
     p.add_argument("--per-class", type=int, default=d.per_class, help=f"target images per class (default: {d.per_class})")
     p.add_argument("--iterations", type=int, default=d.iterations, help=f"fine-tuning steps (default: {d.iterations})")
@@ -51,8 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--lam", type=float, help="regularization coefficient for every method (default: "
                    + ", ".join(f"{k} {v}" for k, v in d.lam.items()) + ")")
     p.add_argument("--lam-decay", type=float, default=d.lam_decay, help="lam ratio per epoch (default: 1.0)")
-    p.add_argument("--granularity", choices=["global", "layer"], default=d.granularity,
-                   help="DTNH projection granularity (default: global)")
     p.add_argument("--source-epochs", type=int, default=1, help="source pretraining epochs (default: 1)")
     p.add_argument("--source-images", type=int, default=4000, help="source pretraining images (default: 4000)")
     p.add_argument("--device", default="cpu", help="cpu or gpu (needs Paddle's GPU build) (default: cpu)")
@@ -65,6 +65,10 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 < args.lam_decay <= 1:
         p.error(f"--lam-decay must be in (0, 1], got {args.lam_decay}")
+    try:
+        check_methods(args.methods)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
@@ -72,8 +76,7 @@ def config_from(args):
     from paddle_dtnh.experiment import RunConfig
 
     cfg = RunConfig(iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
-                    image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay,
-                    granularity=args.granularity)
+                    image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay)
     if args.lam is not None:
         cfg.lam = {k: args.lam for k in cfg.lam}
     cfg.eval_interval = max(1, args.iterations // 5)
@@ -132,10 +135,10 @@ def _save(fig, output, name):
 
 
 def summary_table(results: list) -> str:
-    from paddle_dtnh.experiment import METHODS
+    from paddle_dtnh.experiment import method_spec
 
     rows = ["| method | test accuracy (%) | runs | conflicting steps (%) |", "|---|---|---|---|"]
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in results):
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
@@ -143,7 +146,7 @@ def summary_table(results: list) -> str:
         conflict = [np.nanmean(r["diagnostics"]["conflict"]) for r in runs if r["diagnostics"]["conflict"]]
         spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
         conflict_text = f"{100 * np.mean(conflict):.0f}" if conflict else "-"
-        rows.append(f"| {METHODS[method].label} | {acc.mean():.2f}{spread} | {len(acc)} | {conflict_text} |")
+        rows.append(f"| {method_spec(method).label} | {acc.mean():.2f}{spread} | {len(acc)} | {conflict_text} |")
     return "\n".join(rows)
 
 
@@ -153,7 +156,7 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from paddle_dtnh.experiment import METHODS, pretrain_source, run_transfer
+    from paddle_dtnh.experiment import method_spec, pretrain_source, run_transfer
 
     try:
         paddle.set_device(args.device)
@@ -179,7 +182,7 @@ def main(argv=None):
         for method in args.methods:
             log_dir = os.path.join(args.output, "visualdl", f"{method}_seed{seed}")
             result = run_transfer(method, source_path, target, cfg, seed=seed, log_dir=log_dir, progress=progress)
-            result["label"] = METHODS[method].label
+            result["label"] = method_spec(method).label
             results.append(result)
             if lead:
                 print(f"{result['label']:>16} seed {seed}: test accuracy {100 * result['test_accuracy']:.2f}% "

@@ -6,18 +6,24 @@ wrapper (:class:`DTNH`) and transfer regularizers
 (:mod:`paddle_dtnh.regularizers`).
 """
 
-from . import attention, features, projection, regularizers
-from .optimizer import DTNH, NONFINITE_POLICIES
-from .projection import dtnh_direction
+from . import attention, features, projection, regularizers, stats
+from .optimizer import DTNH, NONFINITE_POLICIES, REFERENCES
+from .presets import PRESETS
+from .projection import GRANULARITIES, RULES, dtnh_direction
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DTNH",
     "NONFINITE_POLICIES",
+    "PRESETS",
+    "GRANULARITIES",
+    "RULES",
+    "REFERENCES",
     "dtnh_direction",
     "attention",
     "features",
     "projection",
     "regularizers",
+    "stats",
 ]

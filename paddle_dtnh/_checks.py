@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import paddle
 
 
+def _is_number(value) -> bool:
+    """A real number (NumPy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_nonnegative(name: str, value) -> float:
     """``value`` as a float if it is a finite number >= 0, else ValueError."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
         raise ValueError(f"Invalid {name}: {value!r}; expected a finite number >= 0.")
     return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    """``value`` as a float if it is a finite number > 0, else ValueError."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"Invalid {name}: {value!r}; expected a finite number > 0.")
+    return float(value)
+
+
+def check_ratio(name: str, value, *, low_open: bool = True) -> float:
+    """``value`` as a float if it is in (0, 1] (or [0, 1) with ``low_open=False``)."""
+    ok = _is_number(value) and ((0 < value <= 1) if low_open else (0 <= value < 1))
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1)"
+        raise ValueError(f"Invalid {name}: {value!r}; expected a number in {interval}.")
+    return float(value)
+
+
+def check_positive_int(name: str, value, *, allow_none: bool = False):
+    """``value`` if it is an int > 0 (or None with ``allow_none``), else ValueError."""
+    if value is None and allow_none:
+        return None
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
+        suffix = " or None" if allow_none else ""
+        raise ValueError(f"Invalid {name}: {value!r}; expected a positive int{suffix}.")
+    return int(value)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -21,34 +21,83 @@ from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
 from .hub.sources import resnet18_target
 from .optimizer import DTNH
+from .presets import PRESETS
+from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
-__all__ = ["METHODS", "MethodSpec", "RunConfig", "pretrain_source", "run_transfer", "Recorder"]
+__all__ = ["METHODS", "CONFLICT_RULES", "MethodSpec", "method_spec", "RunConfig", "pretrain_source",
+           "run_transfer", "Recorder"]
+
+
+#: regularizers a method can use, with their display names
+REGULARIZERS = {"l2": "Fine-tuning", "l2sp": "L2-SP", "knowdist": "KnowDist", "delta": "DELTA"}
+
+#: conflict rules a DTNH method can name after "@": the presets, and the
+#: candidates screened by benchmarks/lam_sweep.py (DTNH keyword arguments)
+CONFLICT_RULES = {
+    **{name: {"preset": name} for name in PRESETS},
+    "global_drop": dict(granularity="global", rule="drop", reference="batch"),
+    "layer_project": dict(granularity="layer", rule="project", reference="batch"),
+    "layer_drop": dict(granularity="layer", rule="drop", reference="batch"),
+    "coordinate": dict(granularity="coordinate", reference="batch"),
+    "layer_drop_ema": dict(granularity="layer", rule="drop", reference="ema"),
+    "coordinate_ema": dict(granularity="coordinate", reference="ema"),
+}
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    regularizer: str  # "l2", "l2sp", "knowdist" or "delta"
+    regularizer: str  # a key of REGULARIZERS
     project: bool
+    rule: str | None  # a key of CONFLICT_RULES when project
     label: str
 
+    @property
+    def dtnh_options(self) -> dict:
+        return dict(CONFLICT_RULES[self.rule]) if self.project else {"project": False}
 
-#: every method name the demo and the benchmark accept
-METHODS = {
-    "finetune": MethodSpec("l2", False, "Fine-tuning"),
-    "l2sp": MethodSpec("l2sp", False, "L2-SP"),
-    "dtnh_l2sp": MethodSpec("l2sp", True, "DTNH (L2-SP)"),
-    "knowdist": MethodSpec("knowdist", False, "KnowDist"),
-    "dtnh_knowdist": MethodSpec("knowdist", True, "DTNH (KnowDist)"),
-    "delta": MethodSpec("delta", False, "DELTA"),
-    "dtnh_delta": MethodSpec("delta", True, "DTNH (DELTA)"),
-}
+
+def method_spec(name: str) -> MethodSpec:
+    """Parse a method name: ``finetune``, ``<reg>`` (the regularizer without
+    projection), or ``dtnh_<reg>[@<rule>]`` (DTNH with a rule of
+    :data:`CONFLICT_RULES`; default: the paper's).
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.experiment import method_spec
+            >>> method_spec("dtnh_l2sp@never_hurt").label
+            'DTNH never_hurt (L2-SP)'
+    """
+    if name == "finetune":
+        return MethodSpec("l2", False, None, REGULARIZERS["l2"])
+    base, _, rule = name.partition("@")
+    project = base.startswith("dtnh_")
+    reg = base[len("dtnh_"):] if project else base
+    valid_reg = reg in REGULARIZERS and reg != "l2"
+    if not valid_reg or (rule and not project) or (rule and rule not in CONFLICT_RULES):
+        raise ValueError(
+            f"Unknown method {name!r}; expected finetune, <reg> or dtnh_<reg>[@<rule>] with <reg> "
+            f"in {[r for r in REGULARIZERS if r != 'l2']} and <rule> in {list(CONFLICT_RULES)}."
+        )
+    rule = rule or "paper" if project else None
+    if not project:
+        return MethodSpec(reg, False, None, REGULARIZERS[reg])
+    label = f"DTNH ({REGULARIZERS[reg]})" if rule == "paper" else f"DTNH {rule} ({REGULARIZERS[reg]})"
+    return MethodSpec(reg, True, rule, label)
+
+
+#: the methods shown by default: each regularizer, without DTNH, with the
+#: paper's DTNH and with the never_hurt preset
+METHODS = {name: method_spec(name) for name in [
+    "finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt", "knowdist", "dtnh_knowdist",
+    "dtnh_knowdist@never_hurt", "delta", "dtnh_delta", "dtnh_delta@never_hurt"]}
 
 
 def check_methods(names) -> list:
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}; expected some of {list(METHODS)}.")
+    """The names, each validated by :func:`method_spec` (ValueError otherwise)."""
+    for name in names:
+        method_spec(name)
     return list(names)
 
 
@@ -67,7 +116,6 @@ class RunConfig:
     lam_decay: float = 1.0  # per epoch of the few-shot set
     alpha: dict = field(default_factory=lambda: {"l2": 0.01, "l2sp": 0.1, "delta": 0.01})
     beta: float = 0.01
-    granularity: str = "global"
     eval_interval: int = 20
     stats_interval: int = 5
     max_test: int = 1000
@@ -186,37 +234,24 @@ def _evaluate(model, x, y, batch=250):
     return float(paddle.add_n(losses)) / x.shape[0], correct / x.shape[0]
 
 
-class Recorder:
-    """A DTNH logger that keeps the diagnostics in memory (and forwards them
-    to a VisualDL :class:`~paddle_dtnh.visualdl.DTNHLogger`, if given)."""
+class Recorder(StepLogger):
+    """Keeps the diagnostics of every ``interval``-th step in memory."""
 
-    KEYS = ("task_loss", "reg_loss", "angle1", "angle2", "angle3", "angle4", "conflict",
-            "task_grad_norm", "reg_grad_norm")
+    KEYS = ("task_loss", "reg_loss", "conflict") + DIAGNOSTIC_KEYS
 
-    def __init__(self, interval: int, forward=None):
+    def __init__(self, interval: int):
         self.interval = interval
-        self.forward = forward
         self.steps = []
         self.values = {k: [] for k in self.KEYS}
 
     def wants_stats(self, step):
-        return step % self.interval == 0 or (self.forward is not None and self.forward.wants_stats(step))
+        return step % self.interval == 0
 
     def on_step(self, dtnh, stats):
-        if self.forward is not None:
-            self.forward.on_step(dtnh, stats)
-        if dtnh.num_steps % self.interval == 0 and "angle1" in stats:
+        if self.wants_stats(dtnh.num_steps) and "angle1" in stats:
             self.steps.append(dtnh.num_steps)
             for k in self.KEYS:
                 self.values[k].append(float(stats[k]) if k in stats else float("nan"))
-
-    def on_skip(self, dtnh):
-        if self.forward is not None:
-            self.forward.on_skip(dtnh)
-
-    def log_eval(self, step, loss=None, accuracy=None):
-        if self.forward is not None:
-            self.forward.log_eval(step, loss, accuracy)
 
 
 def _build_regularizer(kind, model, source, cfg, target_batches, num_classes, progress):
@@ -248,7 +283,7 @@ def run_transfer(
         accuracy), the diagnostics every ``stats_interval`` steps
         (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
     """
-    spec = METHODS[check_methods([method])[0]]
+    spec = method_spec(method)
     # data parallel (paddle.distributed.launch): every rank draws the same
     # global batch and trains on its share; DTNH averages the gradients
     world, me = world_size(), rank()
@@ -281,11 +316,11 @@ def run_transfer(
         from .visualdl import DTNHLogger
 
         vdl = DTNHLogger(log_dir, interval=stats_interval)
-    recorder = Recorder(stats_interval, vdl)
+    recorder = Recorder(stats_interval)
+    loggers = LoggerGroup([recorder, vdl])
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
-               steps_per_epoch=steps_per_epoch, granularity=cfg.granularity, project=spec.project,
-               logger=recorder)
+               steps_per_epoch=steps_per_epoch, logger=loggers, **spec.dtnh_options)
 
     curve = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
 
@@ -294,7 +329,7 @@ def run_transfer(
         test_loss, test_acc = _evaluate(model, *test)
         for k, v in zip(curve, (it, train_loss, test_loss, test_acc)):
             curve[k].append(v)
-        recorder.log_eval(it, test_loss, test_acc)
+        loggers.log_eval(it, test_loss, test_acc)
         return test_acc
 
     evaluate(0)
@@ -310,11 +345,8 @@ def run_transfer(
             x = x_train[b]
             if cfg.augment:
                 x = _augment(x, rng, cfg.flip)
-            if reg.closed_form_grad:
-                opt.update(F.cross_entropy(model(x), y_train[b]))
-            else:
-                logits, omega = reg.run(x)
-                opt.update(F.cross_entropy(logits, y_train[b]), omega)
+            logits, omega = reg.run(x)
+            opt.update(F.cross_entropy(logits, y_train[b]), omega)
             schedule.step()
             if it % cfg.eval_interval == 0 or it == cfg.iterations:
                 acc = evaluate(it)

@@ -1,12 +1,17 @@
 """``DTNH``: wraps any Paddle optimizer and feeds it the DTNH direction.
 
-The wrapper computes the empirical-loss gradient gJ and the regularizer
-gradient gO separately, combines them with
-:func:`paddle_dtnh.projection.dtnh_direction`, writes the result into each
-parameter's ``.grad`` and calls the inner optimizer's ``step()``. The inner
-optimizer's own update rule, learning-rate schedule, ``grad_clip`` and
-``weight_decay`` are untouched; clip and decay therefore act on the
-projected direction, after DTNH.
+One path for every regularizer and both loops:
+
+1. gather ``gJ`` (``paddle.grad`` in :meth:`DTNH.update`, ``p.grad`` after
+   the loop's own ``backward()`` in :meth:`DTNH.step`) and ``gO``
+   (``regularizer.grads``: closed form or autograd, the regularizer's
+   business);
+2. combine them with :func:`paddle_dtnh.projection.dtnh_direction`;
+3. check the direction is finite (the one host sync of a step), write it into
+   each parameter's ``.grad`` and call the inner optimizer's ``step()``.
+
+The inner optimizer's own update rule, learning-rate schedule, ``grad_clip``
+and ``weight_decay`` are untouched; clip and decay act on the direction.
 """
 
 from __future__ import annotations
@@ -16,19 +21,25 @@ import warnings
 
 import paddle
 
-from ._checks import check_choice, check_nonnegative
+from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
 from .distributed import all_reduce_mean
-from .projection import GRANULARITIES, dtnh_direction
+from .presets import resolve_preset
+from .projection import GRANULARITIES, RULES, dtnh_direction
 from .regularizers.base import TransferRegularizer
+from .stats import collect_step_stats
 
-__all__ = ["DTNH", "NONFINITE_POLICIES"]
+__all__ = ["DTNH", "NONFINITE_POLICIES", "REFERENCES"]
 
 _log = logging.getLogger("paddle_dtnh")
 
-#: What to do when gJ or gO holds NaN or Inf: skip the step (and count it)
-#: or raise ``FloatingPointError``. Weights and optimizer state are never
+#: What to do when the direction holds NaN or Inf: skip the step (and count
+#: it) or raise ``FloatingPointError``. Weights and optimizer state are never
 #: touched by a non-finite step either way.
 NONFINITE_POLICIES = ("skip", "raise")
+
+#: What conflicts are judged against: ``"batch"`` (this batch's gJ, the
+#: paper) or ``"ema"`` (an exponential moving average of gJ).
+REFERENCES = ("batch", "ema")
 
 _STATE_KEY = "dtnh"
 _INNER_KEY = "optimizer"
@@ -60,57 +71,74 @@ def _coupled_weight_decay(optimizer):
     return None
 
 
+def _all_finite(tensors) -> paddle.Tensor:
+    """A 0-d bool tensor: every entry of every tensor is finite (no overflow
+    risk, unlike a sum of squares)."""
+    flags = [paddle.isfinite(t).all() for t in tensors if t is not None]
+    return paddle.stack(flags).all() if flags else paddle.to_tensor(True)
+
+
 class DTNH:
     r"""Make a regularized transfer-learning step "never hurt" the data fit.
 
     Wraps a ``paddle.optimizer.Optimizer``. Each step it gets the gradient
     of the empirical loss :math:`g_J` and of the regularizer
     :math:`g_\Omega` separately, removes the part of :math:`g_\Omega`
-    that points against :math:`g_J` (DTNH paper, Algorithm 1) and lets the
-    inner optimizer step along
+    that conflicts with :math:`g_J` (DTNH paper, Algorithm 1, by default)
+    and lets the inner optimizer step along
 
     .. math::
 
         d = g_J + \lambda \Big(g_\Omega - \frac{\min(\langle g_J, g_\Omega\rangle, 0)}
             {\lVert g_J\rVert^2} g_J\Big).
 
-    Two ways to drive it:
+    The same loop serves every regularizer (``output, omega = reg.run(x)``):
 
-    * explicit: ``opt.update(loss)`` (weight regularizers, closed-form
-      :math:`g_\Omega`) or ``opt.update(loss, reg_loss)`` (feature-map
-      regularizers) computes both gradients with ``paddle.grad`` and steps;
-    * hook: for loops that call ``loss.backward(); opt.step()`` themselves
-      (PaddleHub's Trainer, ``paddle.Model``): ``backward()`` fills
-      :math:`g_J`; ``step()`` takes :math:`g_\Omega` in closed form, or from
-      ``opt.regularize(reg_loss)`` called earlier in the same step.
+    * explicit: ``opt.update(loss, omega)`` takes both gradients with
+      ``paddle.grad`` and steps;
+    * hook, for loops that call ``loss.backward(); opt.step()`` themselves
+      (PaddleHub's Trainer, ``paddle.Model``): ``opt.regularize(omega)``
+      before ``loss.backward()``, then ``opt.step()``. Weight regularizers
+      may skip ``regularize`` (their gradient is known in closed form).
 
     Args:
         optimizer (paddle.optimizer.Optimizer): the inner optimizer (SGD,
             Momentum, Adam, AdamW, ...), built over the model's parameters.
         regularizer (TransferRegularizer, optional): the transfer
             regularizer :math:`\Omega`. ``None`` trains on the empirical loss
-            alone (plain fine-tuning through the same code path), unless
-            ``reg_loss`` tensors are passed. Default: None.
+            alone (plain fine-tuning through the same code path). Default: None.
         lam (float): the regularization coefficient :math:`\lambda \ge 0`.
         lam_decay (float, optional): multiply :math:`\lambda` by this ratio,
             in (0, 1], at every epoch (the paper's schedule). Default: 1.0.
         steps_per_epoch (int, optional): if given, an epoch ends every this
             many applied steps; otherwise call :meth:`next_epoch`. Default: None.
-        granularity (str, optional): ``"global"`` (one projection over all
-            parameters, as in the paper) or ``"layer"`` (one per parameter
-            tensor). Default: "global".
+        preset (str, optional): a name in :data:`paddle_dtnh.PRESETS` giving
+            ``granularity``, ``rule`` and ``reference``; the explicit
+            arguments below override it. Default: "paper".
+        granularity (str, optional): the block a conflict is judged on:
+            ``"global"`` (the paper), ``"layer"`` or ``"coordinate"``.
+        rule (str, optional): ``"project"`` (the paper) or ``"drop"``; see
+            :func:`paddle_dtnh.projection.dtnh_direction`.
+        reference (str, optional): ``"batch"`` (this batch's :math:`g_J`, the
+            paper) or ``"ema"``: an exponential moving average
+            :math:`m \leftarrow \beta m + (1-\beta) g_J` (started at the first
+            :math:`g_J`), which costs one gradient copy of memory and is
+            part of :meth:`state_dict`. Guarantee: :math:`\langle d, r\rangle
+            \ge \langle g_J, r\rangle` for the reference :math:`r`.
+        ema_decay (float, optional): :math:`\beta` of ``reference="ema"``, in
+            [0, 1). Default: 0.9.
         project (bool, optional): ``False`` steps along :math:`g_J + \lambda
             g_\Omega` without projection: the vanilla regularized baseline,
             through the same code. Default: True.
-        on_nonfinite (str, optional): ``"skip"`` skips a step whose gradients
-            hold NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
+        on_nonfinite (str, optional): ``"skip"`` skips a step whose direction
+            holds NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
         track_stats (bool, optional): compute the diagnostics (angles,
             conflict, norms) into :attr:`last_stats` every step. Default: False.
-        logger (paddle_dtnh.visualdl.DTNHLogger, optional): gets every applied
+        logger (paddle_dtnh.stats.StepLogger, optional): gets every applied
             step's stats; the diagnostics are computed on its logging steps
             only. Default: None.
-        eps (float, optional): floor of :math:`\lVert g_J\rVert^2`. Default: 1e-20.
+        eps (float, optional): floor of :math:`\lVert r_b\rVert^2`, > 0. Default: 1e-20.
 
     Examples:
         .. code-block:: python
@@ -125,11 +153,12 @@ class DTNH:
             >>> _ = model.set_state_dict(source.state_dict())
             >>> reg = L2SP(model, source, alpha=0.1, beta=0.01)
             >>> opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()),
-            ...            reg, lam=1.0)
+            ...            reg, lam=1.0, preset="never_hurt")
             >>> x, y = paddle.randn([8, 4]), paddle.randint(0, 3, [8])
-            >>> stats = opt.update(F.cross_entropy(model(x), y))
-            >>> opt.num_steps
-            1
+            >>> logits, omega = reg.run(x)
+            >>> stats = opt.update(F.cross_entropy(logits, y), omega)
+            >>> opt.num_steps, opt.rule
+            (1, 'drop')
     """
 
     def __init__(
@@ -140,72 +169,89 @@ class DTNH:
         lam: float,
         lam_decay: float = 1.0,
         steps_per_epoch: int | None = None,
-        granularity: str = "global",
+        preset: str = "paper",
+        granularity: str | None = None,
+        rule: str | None = None,
+        reference: str | None = None,
+        ema_decay: float = 0.9,
         project: bool = True,
         on_nonfinite: str = "skip",
         track_stats: bool = False,
         logger=None,
         eps: float = 1e-20,
     ):
-        check_nonnegative("lam", lam)
-        if not (isinstance(lam_decay, (int, float)) and 0 < lam_decay <= 1):
-            raise ValueError(f"Invalid lam_decay: {lam_decay!r}; expected a ratio in (0, 1].")
-        if steps_per_epoch is not None and not (isinstance(steps_per_epoch, int) and steps_per_epoch > 0):
-            raise ValueError(
-                f"Invalid steps_per_epoch: {steps_per_epoch!r}; expected a positive int or None."
-            )
-        check_choice("granularity", granularity, GRANULARITIES)
+        options = resolve_preset(preset, granularity=granularity, rule=rule, reference=reference)
+        check_choice("granularity", options["granularity"], GRANULARITIES)
+        check_choice("rule", options["rule"], RULES)
+        check_choice("reference", options["reference"], REFERENCES)
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
         params = _optimizer_parameters(optimizer)
-        decay = _coupled_weight_decay(optimizer)
-        if isinstance(decay, TransferRegularizer):
-            raise TypeError(
-                "A transfer regularizer was passed as the optimizer's weight_decay; "
-                "that path bypasses DTNH. Pass it as DTNH(optimizer, regularizer, lam=...)."
-            )
-        if decay is not None:
-            warnings.warn(
-                f"The inner optimizer has weight_decay={decay!r}: it is added after the "
-                "DTNH projection and is never projected. To regularize under DTNH, use "
-                "paddle_dtnh.regularizers.L2 (or L2SP) as the regularizer instead.",
-                stacklevel=2,
-            )
+        self._check_weight_decay(optimizer)
         if regularizer is not None:
-            if not isinstance(regularizer, TransferRegularizer):
-                raise TypeError(
-                    "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
-                    f"got {type(regularizer).__name__}."
-                )
-            owned = {id(p) for p in params}
-            foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
-            if foreign:
-                raise ValueError(
-                    f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
-                    f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
-                    "parameters as the regularizer."
-                )
+            self._check_regularizer(regularizer, params)
 
         self._inner = optimizer
         self._params = params
         self.regularizer = regularizer
-        self.lam0 = float(lam)
-        self.lam_decay = float(lam_decay)
-        self.steps_per_epoch = steps_per_epoch
-        self.granularity = granularity
-        self.project = project
+        self.lam0 = check_nonnegative("lam", lam)
+        self.lam_decay = check_ratio("lam_decay", lam_decay)
+        self.steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
+        self.preset = preset
+        self.granularity = options["granularity"]
+        self.rule = options["rule"]
+        self.reference = options["reference"]
+        self.ema_decay = check_ratio("ema_decay", ema_decay, low_open=False)
+        self.project = bool(project)
         self.on_nonfinite = on_nonfinite
         self.track_stats = track_stats
         self.logger = logger
-        self.eps = eps
+        self.eps = check_positive("eps", eps)
 
         self.num_steps = 0  # steps applied
-        self.skipped_steps = 0  # steps skipped for non-finite gradients
+        self.skipped_steps = 0  # steps skipped for a non-finite direction
         self._epoch = 0
+        self._ema = {}  # id(param) -> moving average of gJ (reference="ema")
         self.last_stats: dict = {}
-        self._stashed_reg = None  # (params, grads, value) from regularize()
+        self._pending = None  # (params, gO, omega) from regularize(), for step()
         self._noted_loss = None  # from note_task_loss(), for the logs
+
+    @staticmethod
+    def _check_weight_decay(optimizer) -> None:
+        groups = getattr(optimizer, "_param_groups", None) or []
+        decays = [_coupled_weight_decay(optimizer)]
+        decays += [g.get("weight_decay") for g in groups if isinstance(g, dict)]
+        for decay in decays:
+            if isinstance(decay, TransferRegularizer):
+                raise TypeError(
+                    "A transfer regularizer was passed as the optimizer's weight_decay; "
+                    "that path bypasses DTNH. Pass it as DTNH(optimizer, regularizer, lam=...)."
+                )
+        found = [d for d in decays if d]
+        if found:
+            warnings.warn(
+                f"The inner optimizer has weight_decay={found[0]!r}: it is added after the "
+                "DTNH projection and is never projected. To regularize under DTNH, use "
+                "paddle_dtnh.regularizers.L2 (or L2SP) as the regularizer instead.",
+                stacklevel=3,
+            )
+
+    @staticmethod
+    def _check_regularizer(regularizer, params) -> None:
+        if not isinstance(regularizer, TransferRegularizer):
+            raise TypeError(
+                "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
+                f"got {type(regularizer).__name__}."
+            )
+        owned = {id(p) for p in params}
+        foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
+        if foreign:
+            raise ValueError(
+                f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
+                f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
+                "parameters as the regularizer."
+            )
 
     # -- the coefficient ---------------------------------------------------
     @property
@@ -229,73 +275,59 @@ class DTNH:
             )
         self._epoch += 1
 
-    # -- the two usage modes ------------------------------------------------
+    # -- the two loops -------------------------------------------------------
     def _trainable(self) -> list:
         return [p for p in self._params if not p.stop_gradient]
 
-    def _closed_form_grads(self, params) -> list:
+    def _reg_grads(self, params, omega) -> list:
         """gO aligned with ``params`` (None where Omega does not depend on p)."""
-        reg = self.regularizer
-        if reg is None:
+        if self.regularizer is None:
+            if omega is not None:
+                raise ValueError("omega was given but this DTNH has no regularizer.")
             return [None] * len(params)
-        by_id = {id(p): g for p, g in zip(reg.regularized_parameters(), reg.grad())}
-        return [by_id.get(id(p)) for p in params]
+        return self.regularizer.grads(params, omega)
 
-    def _needs_autograd_reg(self) -> bool:
-        return self.regularizer is not None and not self.regularizer.closed_form_grad
-
-    def update(self, loss: paddle.Tensor, reg_loss: paddle.Tensor | None = None) -> dict:
+    def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None) -> dict:
         """Explicit mode: one DTNH step from this batch's losses.
 
         Args:
             loss (Tensor): the empirical loss J on the batch (not J + lam*Omega).
-            reg_loss (Tensor, optional): the regularizer's value on the same
-                batch, needed for regularizers without a closed-form gradient
-                (KnowDist, DELTA). Default: None.
+            omega (Tensor, optional): the regularizer's value on the same
+                forward pass (``reg.run(x)[1]``). Weight regularizers may omit
+                it (their gradient is known in closed form); feature-map
+                regularizers need it. Default: None.
 
         Returns:
-            dict: ``lam`` and 0-d tensors ``task_loss``, ``reg_loss`` (when
-            known), the projection's ``task_sq_norm``, ``reg_sq_norm`` and
-            ``inner``, and, with ``track_stats`` or on the logger's steps, the
-            diagnostics of :func:`paddle_dtnh.projection.direction_stats`.
+            dict: this step's stats (keys in :data:`paddle_dtnh.stats.STATS`):
+            ``lam``, ``task_loss``, ``reg_loss`` (when known), ``conflict``
+            and, with ``track_stats`` or on the logger's steps, the
+            diagnostics; ``{"skipped": True}`` for a skipped step.
         """
-        if self._needs_autograd_reg() and reg_loss is None:
-            raise ValueError(
-                f"{type(self.regularizer).__name__} has no closed-form gradient: "
-                "pass its value for this batch, opt.update(loss, reg_loss)."
-            )
         params = self._trainable()
-        lam = self.lam
-        if reg_loss is not None and not self.project and not self._wants_stats():
+        if omega is not None and not self.project and not self._wants_stats():
             # the vanilla baseline needs no separate gradients: one backward
-            combined = all_reduce_mean(paddle.grad(loss + lam * reg_loss, params, allow_unused=True))
-            return self._apply(params, combined, None, loss, reg_loss, explicit=True, combined=True)
-        # under data parallelism, paddle.grad gives this rank's gradients only:
-        # average them (closed-form gradients are the same on every rank)
-        if reg_loss is not None:
-            reg_grads = all_reduce_mean(paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True))
-        else:
-            reg_grads = self._closed_form_grads(params)
+            total = all_reduce_mean(paddle.grad(loss + self.lam * omega, params, allow_unused=True))
+            return self._apply(params, total, [None] * len(params), loss, omega, owns_grads=True)
+        reg_grads = self._reg_grads(params, omega)  # first: it keeps the graph for gJ
+        # under data parallelism paddle.grad gives this rank's gradient only
         task_grads = all_reduce_mean(paddle.grad(loss, params, allow_unused=True))
-        return self._apply(params, task_grads, reg_grads, loss, reg_loss, explicit=True)
+        return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True)
 
-    def regularize(self, reg_loss: paddle.Tensor) -> paddle.Tensor:
-        """Hook mode: take gO of ``reg_loss`` now, for the coming :meth:`step`.
+    def regularize(self, omega: paddle.Tensor) -> paddle.Tensor:
+        """Hook mode: take gO of ``omega`` now, for the coming :meth:`step`.
 
         Call it after the forward pass and before ``loss.backward()``; it keeps
-        the graph alive for that backward (``retain_graph=True``).
+        the graph alive for that backward.
 
         Args:
-            reg_loss (Tensor): the regularizer's value on this batch.
+            omega (Tensor): the regularizer's value on this batch.
 
         Returns:
-            Tensor: ``reg_loss`` detached, for logging.
+            Tensor: ``omega`` detached, for logging.
         """
         params = self._trainable()
-        # backward() fills gJ all-reduced under DataParallel; gO from paddle.grad is local
-        grads = all_reduce_mean(paddle.grad(reg_loss, params, retain_graph=True, allow_unused=True))
-        self._stashed_reg = (params, grads, reg_loss.detach())
-        return reg_loss.detach()
+        self._pending = (params, self._reg_grads(params, omega), omega.detach())
+        return omega.detach()
 
     def note_task_loss(self, loss: paddle.Tensor) -> None:
         """Hook mode: remember this batch's empirical loss for the logs of the
@@ -303,7 +335,7 @@ class DTNH:
         self._noted_loss = loss.detach()
 
     def step(self, loss: paddle.Tensor | None = None) -> None:
-        """Hook mode: project ``p.grad`` (gJ from ``backward()``) and step.
+        """Hook mode: combine ``p.grad`` (gJ from ``backward()``) with gO and step.
 
         Args:
             loss (Tensor, optional): the empirical loss, for the logs only.
@@ -312,23 +344,15 @@ class DTNH:
         loss = loss if loss is not None else self._noted_loss
         self._noted_loss = None
         params = self._trainable()
-        task_grads = [p.grad if p._grad_ivar() is not None else None for p in params]
-        reg_value = None
-        if self._stashed_reg is not None:
-            stashed_params, reg_grads, reg_value = self._stashed_reg
-            self._stashed_reg = None
-            if [id(p) for p in stashed_params] != [id(p) for p in params]:
-                raise RuntimeError(
-                    "The trainable parameters changed between regularize() and step()."
-                )
-        elif self._needs_autograd_reg():
-            raise RuntimeError(
-                f"{type(self.regularizer).__name__} has no closed-form gradient: call "
-                "opt.regularize(reg_loss) after the forward pass and before loss.backward()."
-            )
+        pending, self._pending = self._pending, None
+        if pending is None:
+            omega, reg_grads = None, self._reg_grads(params, None)
         else:
-            reg_grads = self._closed_form_grads(params)
-        self._apply(params, task_grads, reg_grads, loss, reg_value, explicit=False)
+            pending_params, reg_grads, omega = pending
+            if [id(p) for p in pending_params] != [id(p) for p in params]:
+                raise RuntimeError("The trainable parameters changed between regularize() and step().")
+        task_grads = [p.grad if p._grad_ivar() is not None else None for p in params]
+        self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False)
 
     def minimize(self, loss=None, startup_program=None, parameters=None, no_grad_set=None):
         """Same as :meth:`step` (``paddle.Model`` calls it after ``backward()``)."""
@@ -340,79 +364,93 @@ class DTNH:
             self.logger is not None and self.logger.wants_stats(self.num_steps + 1)
         )
 
-    def _apply(self, params, task_grads, reg_grads, loss, reg_loss, *, explicit, combined=False):
+    def _reference(self, params, task_grads):
+        """The reference conflicts are judged against (None: the batch's gJ),
+        and the moving average to keep if the step is applied."""
+        if self.reference == "batch" or not self.project:
+            return None, None
+        beta = self.ema_decay
+        updated = {}
+        for p, g in zip(params, task_grads):
+            m = self._ema.get(id(p))
+            if g is None:
+                updated[id(p)] = None if m is None else beta * m
+            else:
+                updated[id(p)] = g.clone() if m is None else paddle.lerp(m, g, 1.0 - beta)
+        return [updated[id(p)] for p in params], updated
+
+    def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads):
         lam = self.lam
         with_stats = self._wants_stats()
-        if combined:
-            directions, stats = list(task_grads), {}
-            sq = [paddle.sum(d * d) for d in directions if d is not None]
-            check = paddle.add_n(sq) if sq else paddle.zeros([])
-        else:
-            # detach() shares storage (no copy) and lets Paddle write in place
-            task_grads = [None if g is None else g.detach() for g in task_grads]
-            reg_grads = [None if g is None else g.detach() for g in reg_grads]
-            directions, stats = dtnh_direction(
-                task_grads,
-                reg_grads,
-                lam,
-                granularity=self.granularity,
-                eps=self.eps,
-                project=self.project,
-                with_stats=with_stats,
-                inplace=True,  # the gradients are ours: fresh from paddle.grad / grad()
-            )
-            check = stats["task_sq_norm"] + stats["reg_sq_norm"]
+        reference, ema = self._reference(params, task_grads)
+        # detach() shares storage (no copy) and lets Paddle write in place; in
+        # hook mode that is p.grad itself, which the direction replaces anyway
+        directions, stats = dtnh_direction(
+            [None if g is None else g.detach() for g in task_grads],
+            [None if g is None else g.detach() for g in reg_grads],
+            lam,
+            granularity=self.granularity,
+            rule=self.rule,
+            reference_grads=reference,
+            eps=self.eps,
+            project=self.project,
+            with_stats=with_stats,
+            inplace=True,
+        )
         # the one host sync of a step: whether to step at all
-        if not bool(paddle.isfinite(check)):
-            self.skipped_steps += 1
-            if explicit:
-                for p in params:
-                    p.clear_gradient(False)
-            message = (
-                f"non-finite gradient at step {self.num_steps + self.skipped_steps} "
-                f"({self.skipped_steps} skipped so far)"
-            )
-            if self.on_nonfinite == "raise":
-                raise FloatingPointError(
-                    message + "; weights and optimizer state were left unchanged. "
-                    "Lower the learning rate or lam, or set on_nonfinite='skip'."
-                )
-            _log.warning("DTNH skipped a step: %s", message)
-            if self.logger is not None:
-                self.logger.on_skip(self)
-            self.last_stats = {"skipped": True}
-            return self.last_stats
-
-        if with_stats and self.regularizer is not None and reg_loss is None:
+        if not bool(_all_finite(directions)):
+            return self._skip(params, owns_grads)
+        if ema is not None:
+            self._ema = ema
+        if with_stats and self.regularizer is not None and omega is None:
             with paddle.no_grad():  # Omega at the weights gO was taken at
-                reg_loss = self.regularizer()
+                omega = self.regularizer()
         for p, d in zip(params, directions):
             if d is None:
                 p.clear_gradient(False)
             else:
                 p.grad = d
         self._inner.step()
-        if explicit:
+        if owns_grads:
             for p in params:
                 p.clear_gradient(False)
         self.num_steps += 1
-
-        stats = dict(stats)
-        stats["lam"] = lam
-        if loss is not None:
-            stats["task_loss"] = loss.detach()
-        if reg_loss is not None:
-            stats["reg_loss"] = reg_loss.detach()
+        stats = collect_step_stats(stats, lam=lam, task_loss=loss, reg_loss=omega)
         self.last_stats = stats
         if self.logger is not None:
             self.logger.on_step(self, stats)
         return stats
+
+    def _skip(self, params, owns_grads) -> dict:
+        self.skipped_steps += 1
+        if owns_grads:
+            for p in params:
+                p.clear_gradient(False)
+        message = (
+            f"non-finite direction at step {self.num_steps + self.skipped_steps} "
+            f"({self.skipped_steps} skipped so far)"
+        )
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                message + "; weights and optimizer state were left unchanged. "
+                "Lower the learning rate or lam, or set on_nonfinite='skip'."
+            )
+        _log.warning("DTNH skipped a step: %s", message)
+        if self.logger is not None:
+            self.logger.on_skip(self)
+        self.last_stats = {"skipped": True}
+        return self.last_stats
 
     # -- Paddle's optimizer interface ------------------------------------------
     @property
     def inner(self):
         """The wrapped Paddle optimizer."""
         return self._inner
+
+    @property
+    def parameters(self) -> list:
+        """Every parameter the inner optimizer owns."""
+        return list(self._params)
 
     @property
     def _learning_rate(self):
@@ -433,23 +471,27 @@ class DTNH:
         self._inner.set_lr(value)
 
     def clear_grad(self, set_to_zero: bool = True) -> None:
-        self._stashed_reg = None
+        self._pending = None
         self._inner.clear_grad(set_to_zero)
 
     clear_gradients = clear_grad
 
+    def _config(self) -> dict:
+        return {"lam": self.lam0, "lam_decay": self.lam_decay, "granularity": self.granularity,
+                "rule": self.rule, "reference": self.reference, "ema_decay": self.ema_decay,
+                "project": self.project}
+
     def state_dict(self) -> dict:
-        """The inner optimizer's state under ``"optimizer"``, DTNH's under ``"dtnh"``."""
+        """The inner optimizer's state under ``"optimizer"``, DTNH's under ``"dtnh"``
+        (counters, configuration, and the moving average of ``reference="ema"``)."""
         return {
             _INNER_KEY: self._inner.state_dict(),
             _STATE_KEY: {
                 "num_steps": self.num_steps,
                 "skipped_steps": self.skipped_steps,
                 "epoch": self._epoch,
-                "lam": self.lam0,
-                "lam_decay": self.lam_decay,
-                "granularity": self.granularity,
-                "project": self.project,
+                "ema": [self._ema.get(id(p)) for p in self._params],
+                **self._config(),
             },
         }
 
@@ -467,12 +509,14 @@ class DTNH:
             raise ValueError(
                 f"Corrupt DTNH state_dict: missing {sorted(missing) or [_INNER_KEY]}."
             )
-        changed = [
-            f"{k}: saved {ours[k]!r}, now {getattr(self, attr)!r}"
-            for k, attr in (("lam", "lam0"), ("lam_decay", "lam_decay"),
-                            ("granularity", "granularity"), ("project", "project"))
-            if k in ours and ours[k] != getattr(self, attr)
-        ]
+        ema = ours.get("ema") or []
+        if ema and len(ema) != len(self._params):
+            raise ValueError(
+                f"The saved moving average covers {len(ema)} parameters, this optimizer "
+                f"{len(self._params)}: build the same model and optimizer as when it was saved."
+            )
+        changed = [f"{k}: saved {ours[k]!r}, now {v!r}" for k, v in self._config().items()
+                   if k in ours and ours[k] != v]
         if changed:
             warnings.warn(
                 "Resuming with a different DTNH configuration than saved (the "
@@ -483,11 +527,13 @@ class DTNH:
         self.num_steps = int(ours["num_steps"])
         self.skipped_steps = int(ours["skipped_steps"])
         self._epoch = int(ours["epoch"])
+        self._ema = {id(p): paddle.to_tensor(m, dtype=p.dtype, place=p.place)
+                     for p, m in zip(self._params, ema) if m is not None}
 
     def __repr__(self) -> str:
         reg = type(self.regularizer).__name__ if self.regularizer is not None else None
         return (
             f"DTNH({type(self._inner).__name__}, regularizer={reg}, lam={self.lam0}, "
-            f"lam_decay={self.lam_decay}, granularity={self.granularity!r}, "
-            f"project={self.project})"
+            f"lam_decay={self.lam_decay}, granularity={self.granularity!r}, rule={self.rule!r}, "
+            f"reference={self.reference!r}, project={self.project})"
         )

@@ -12,11 +12,26 @@ gradient of the transfer regularizer ``gO``. When the two conflict
                {\\max(\\lVert g_J\\rVert^2, \\epsilon)} g_J\\Big)
 
 which guarantees :math:`\\langle d, g_J\\rangle \\ge \\lVert g_J\\rVert^2`.
-The branch-free form above needs no host synchronisation, so the same code
-runs on CPU and GPU without a device-to-host copy per step.
 
-Nothing here knows about optimizers; :class:`paddle_dtnh.DTNH` wires these
-functions to one.
+Beyond the paper, one family of conflict rules (``d = gJ + lam * gO'``):
+
+* ``granularity``: the block a conflict is judged on: ``"global"`` (all
+  parameters, the paper), ``"layer"`` (one tensor), ``"coordinate"`` (one
+  scalar);
+* ``rule``: ``"project"`` removes the part of a conflicting block's ``gO``
+  along the reference (the paper), ``"drop"`` removes the block's whole
+  ``gO``; per coordinate the two coincide;
+* the reference ``r`` conflicts are judged against: this batch's ``gJ``
+  (the paper), or any other list of tensors (``reference_grads``, e.g. the
+  moving average of ``gJ`` that :class:`paddle_dtnh.DTNH` keeps).
+
+Every rule guarantees, per block, :math:`\\langle g'_{\\Omega,b}, r_b\\rangle \\ge 0`,
+hence :math:`\\langle d, r\\rangle \\ge \\langle g_J, r\\rangle`; with the batch
+reference, :math:`\\langle d, g_J\\rangle \\ge \\lVert g_J\\rVert^2` as in the paper.
+
+Everything is branch-free on tensor values, so there is no host
+synchronisation: the same code runs on CPU and GPU. Nothing here knows about
+optimizers; :class:`paddle_dtnh.DTNH` wires these functions to one.
 """
 
 from __future__ import annotations
@@ -26,19 +41,19 @@ from collections.abc import Sequence
 
 import paddle
 
-from ._checks import check_choice, check_nonnegative
+from ._checks import check_choice, check_nonnegative, check_positive
 
-__all__ = ["GRANULARITIES", "dtnh_direction", "direction_stats"]
+__all__ = ["GRANULARITIES", "RULES", "dtnh_direction", "direction_stats"]
 
-#: ``"global"``: one inner product over all parameters (the paper).
-#: ``"layer"``: one projection per parameter tensor.
-GRANULARITIES = ("global", "layer")
+#: ``"global"``: one block of all parameters (the paper). ``"layer"``: one
+#: block per parameter tensor. ``"coordinate"``: one block per scalar.
+GRANULARITIES = ("global", "layer", "coordinate")
+
+#: ``"project"``: remove the conflicting component (the paper). ``"drop"``:
+#: remove a conflicting block's whole regularizer gradient.
+RULES = ("project", "drop")
 
 _RAD_TO_DEG = 180.0 / math.pi
-
-
-def _check_granularity(granularity: str) -> None:
-    check_choice("granularity", granularity, GRANULARITIES)
 
 
 def _dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor):
@@ -48,43 +63,65 @@ def _dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor):
     return paddle.sum(a * b)
 
 
-def _reference(task_grads, reg_grads) -> paddle.Tensor:
-    """Any non-None gradient, used for dtype and placement of zeros."""
-    for g in list(task_grads) + list(reg_grads):
-        if g is not None:
-            return g
-    raise ValueError(
-        "Every gradient is None: nothing to project. Check that the loss and "
-        "the regularizer depend on the parameters passed."
-    )
+def _dots(xs, ys, like) -> paddle.Tensor:
+    """Per-tensor inner products as a 1-D tensor."""
+    return paddle.stack([_dot(x, y, like) for x, y in zip(xs, ys)])
 
 
-def _inner_products(task_grads, reg_grads):
-    """Per-tensor <gJ,gJ>, <gO,gO>, <gJ,gO>, each a 1-D tensor."""
-    like = _reference(task_grads, reg_grads)
-    jj = paddle.stack([_dot(j, j, like) for j in task_grads])
-    oo = paddle.stack([_dot(o, o, like) for o in reg_grads])
-    jo = paddle.stack([_dot(j, o, like) for j, o in zip(task_grads, reg_grads)])
-    return jj, oo, jo
+def _check_aligned(task_grads, reg_grads, reference_grads) -> paddle.Tensor:
+    """Lists of equal length whose tensors agree in shape and dtype, index by
+    index; returns one non-None tensor (for the dtype of zeros)."""
+    lists = {"task_grads": task_grads, "reg_grads": reg_grads}
+    if reference_grads is not None:
+        lists["reference_grads"] = reference_grads
+    lengths = {name: len(values) for name, values in lists.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"The gradient lists have different lengths ({lengths}); they must be "
+            "aligned parameter by parameter."
+        )
+    like = None
+    for i, entries in enumerate(zip(*lists.values())):
+        present = [(name, g) for name, g in zip(lists, entries) if g is not None]
+        if not present:
+            continue
+        first_name, first = present[0]
+        for name, g in present[1:]:
+            if list(g.shape) != list(first.shape) or g.dtype != first.dtype:
+                raise ValueError(
+                    f"Gradient {i}: {first_name} has shape {list(first.shape)} and dtype "
+                    f"{first.dtype}, {name} has shape {list(g.shape)} and dtype {g.dtype}; "
+                    "each index must hold the gradients of one parameter."
+                )
+        like = first if like is None else like
+    if like is None:
+        raise ValueError(
+            "Every gradient is None: nothing to project. Check that the loss and "
+            "the regularizer depend on the parameters passed."
+        )
+    return like
 
 
-def _combine(gj, go, scale, lam):
-    """scale * gJ + lam * gO, with None for a zero gradient or no scale."""
-    if gj is None:
-        return lam * go
-    scaled = gj if scale is None else scale * gj
-    return scaled if go is None else scaled + lam * go
+def _scaled(t, scale, inplace):
+    """``scale * t`` (written into ``t`` with ``inplace``); ``None`` or 1.0 is no scale."""
+    if scale is None or (isinstance(scale, float) and scale == 1.0):
+        return t
+    if isinstance(scale, float):
+        return t.scale_(scale) if inplace else scale * t
+    return t.multiply_(scale) if inplace else scale * t
 
 
-def _combine_inplace(gj, go, scale, lam):
-    """:func:`_combine`, written into ``gj`` (``go`` is scaled in place)."""
-    if gj is None:
-        return go.scale_(lam)
-    if scale is not None:
-        gj.multiply_(scale)
-    if go is not None:
-        gj.add_(go if lam == 1.0 else go.scale_(lam))
-    return gj
+def _combine(gj, go, reg_scale, task_scale=None, extra=None, inplace=False):
+    """``task_scale * gJ + reg_scale * gO + extra``, each ``None`` term zero.
+
+    With ``inplace``, the result is written into ``gj`` (or ``go``), which
+    the caller owns; ``None`` when every term is ``None``.
+    """
+    out = None if gj is None else _scaled(gj, task_scale, inplace)
+    for term in (None if go is None else _scaled(go, reg_scale, inplace), extra):
+        if term is not None:
+            out = term if out is None else (out.add_(term) if inplace else out + term)
+    return out
 
 
 def dtnh_direction(
@@ -96,13 +133,28 @@ def dtnh_direction(
     project: bool = True,
     with_stats: bool = False,
     inplace: bool = False,
+    *,
+    rule: str = "project",
+    reference_grads: Sequence[paddle.Tensor | None] | None = None,
 ):
     r"""Combine the empirical-loss and regularizer gradients the DTNH way.
 
-    For each parameter, returns :math:`d = g_J + \lambda g_\Omega^y` where
-    :math:`g_\Omega^y` is :math:`g_\Omega` minus its component along
-    :math:`g_J` when :math:`\langle g_J, g_\Omega\rangle < 0`, and
-    :math:`g_\Omega` otherwise (DTNH paper, Algorithm 1 and Eqs. 6-7).
+    Returns :math:`d = g_J + \lambda g'_\Omega`. With the defaults this is
+    the paper's Algorithm 1: :math:`g'_\Omega` is :math:`g_\Omega` minus its
+    component along :math:`g_J` when :math:`\langle g_J, g_\Omega\rangle < 0`.
+    In general, for every block :math:`b` of the ``granularity`` and the
+    reference :math:`r` (``reference_grads``, default :math:`g_J`):
+
+    * ``rule="project"``: :math:`g'_{\Omega,b} = g_{\Omega,b} -
+      \frac{\min(\langle r_b, g_{\Omega,b}\rangle, 0)}{\max(\lVert r_b\rVert^2,\epsilon)} r_b`;
+    * ``rule="drop"``: :math:`g'_{\Omega,b} = g_{\Omega,b}\,
+      [\langle r_b, g_{\Omega,b}\rangle \ge 0]`;
+    * ``granularity="coordinate"`` (either rule):
+      :math:`g'_{\Omega,i} = g_{\Omega,i}\,[r_i g_{\Omega,i} \ge 0]`.
+
+    Guarantee, every block: :math:`\langle g'_{\Omega,b}, r_b\rangle \ge 0`,
+    so :math:`\langle d, r\rangle \ge \langle g_J, r\rangle`; with the batch
+    reference, :math:`\langle d, g_J\rangle \ge \lVert g_J\rVert^2`.
 
     Args:
         task_grads (list[Tensor|None]): gradient of the empirical loss J,
@@ -112,12 +164,11 @@ def dtnh_direction(
             parameter outside the regularizer's graph, such as a new head
             under a feature-map regularizer) counts as zero.
         lam (float): the regularization coefficient :math:`\lambda \ge 0`.
-        granularity (str, optional): ``"global"`` projects once with inner
-            products over all parameters, as in the paper; ``"layer"``
-            projects each parameter tensor on its own. Default: "global".
-        eps (float, optional): lower bound of :math:`\lVert g_J\rVert^2` in
-            the denominator, so a zero task gradient gives
-            :math:`d = \lambda g_\Omega` instead of NaN. Default: 1e-20.
+        granularity (str, optional): ``"global"``, ``"layer"`` or
+            ``"coordinate"``. Default: "global" (the paper).
+        eps (float, optional): lower bound of :math:`\lVert r_b\rVert^2` in
+            the projection's denominator, so a zero reference gives no NaN.
+            Must be > 0. Default: 1e-20.
         project (bool, optional): ``False`` returns the plain regularized
             gradient :math:`g_J + \lambda g_\Omega` (the vanilla baseline),
             so baselines and DTNH share one code path. Default: True.
@@ -125,15 +176,18 @@ def dtnh_direction(
             :func:`direction_stats`. Default: False.
         inplace (bool, optional): write the directions into the
             ``task_grads`` tensors (and scale ``reg_grads`` in place) instead
-            of allocating new ones: about 3x cheaper on large models. The
-            inputs are overwritten. Default: False.
+            of allocating new ones. The inputs are overwritten. Default: False.
+        rule (str, optional): ``"project"`` or ``"drop"``. Default: "project".
+        reference_grads (list[Tensor|None], optional): the reference
+            :math:`r` conflicts are judged against, aligned with the other
+            lists. Default: None, i.e. ``task_grads`` (the paper).
 
     Returns:
         tuple: ``(directions, stats)``. ``directions`` is a list aligned
-        with the inputs (``None`` where both gradients are ``None``);
-        ``stats`` is a dict of 0-d tensors: always ``task_sq_norm``,
-        ``reg_sq_norm`` and ``inner`` (computed by the projection anyway),
-        plus the diagnostics of :func:`direction_stats` with ``with_stats``.
+        with the inputs (``None`` where no term is present); ``stats`` is a
+        dict of 0-d tensors: always ``conflict`` (1.0 when
+        :math:`\langle r, g_\Omega\rangle < 0` over all parameters), plus the
+        diagnostics of :func:`direction_stats` with ``with_stats``.
 
     Examples:
         .. code-block:: python
@@ -147,45 +201,101 @@ def dtnh_direction(
             [1.0, 1.0]
             >>> bool(stats["conflict"])
             True
+            >>> d, _ = dtnh_direction(gJ, gO, lam=1.0, granularity="layer", rule="drop")
+            >>> d[0].numpy().tolist()
+            [1.0, 0.0]
     """
-    _check_granularity(granularity)
-    check_nonnegative("lam", lam)
-    if len(task_grads) != len(reg_grads):
-        raise ValueError(
-            f"task_grads has {len(task_grads)} entries but reg_grads has "
-            f"{len(reg_grads)}; they must be aligned parameter by parameter."
-        )
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("rule", rule, RULES)
+    lam = check_nonnegative("lam", lam)
+    eps = check_positive("eps", eps)
+    like = _check_aligned(task_grads, reg_grads, reference_grads)
+    batch_reference = reference_grads is None
+    ref = task_grads if batch_reference else reference_grads
 
-    jj, oo, jo = _inner_products(task_grads, reg_grads)
-    if granularity == "global":
-        jj_p, jo_p = jj.sum(), jo.sum()
-    else:
-        jj_p, jo_p = jj, jo
-    if project:
-        # coefficient of gJ removed from gO; zero when there is no conflict
-        coef = paddle.minimum(jo_p, paddle.zeros_like(jo_p)) / paddle.clip(
-            jj_p, min=eps
-        )
-    else:
-        coef = paddle.zeros_like(jo_p)
-    task_scale = 1.0 - lam * coef  # d = task_scale * gJ + lam * gO
+    # <r_b, gO_b> per tensor: the conflict test of every rule
+    ro = _dots(ref, reg_grads, like)
+    stats = {"conflict": (ro.sum() < 0).astype(like.dtype)}
+    # the diagnostics read the inputs, so they are taken before any in-place write
+    inner = _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) if with_stats else None
+    masks = None
+    if not project:
+        gO_kept = {"keep": paddle.ones([], dtype=like.dtype)}
+    elif granularity == "coordinate":
+        masks = [None if r is None or o is None else (r * o >= 0).astype(o.dtype)
+                 for r, o in zip(ref, reg_grads)]
+        gO_kept = {"masks": masks}
+        if with_stats:
+            inner.update(_masked_stats(task_grads, reg_grads, masks, like))
+    elif rule == "drop":
+        block_ro = ro.sum() if granularity == "global" else ro
+        gO_kept = {"keep": (block_ro >= 0).astype(like.dtype)}
+    else:  # project
+        rr = inner["rr"] if with_stats else _dots(ref, ref, like)
+        block_ro, block_rr = (ro.sum(), rr.sum()) if granularity == "global" else (ro, rr)
+        # coefficient of r removed from gO; zero when there is no conflict
+        coef = paddle.minimum(block_ro, paddle.zeros_like(block_ro)) / paddle.clip(block_rr, min=eps)
+        gO_kept = {"coef": coef}
 
-    combine = _combine_inplace if inplace else _combine
     directions = []
-    for i, (gj, go) in enumerate(zip(task_grads, reg_grads)):
-        if gj is None and go is None:
-            directions.append(None)
-            continue
-        # gO = None is zero, but a global projection still removes coef * gJ
-        # from that part of the regularizer's direction: scale gJ all the same
-        scale = None if not project else task_scale if granularity == "global" else task_scale[i]
-        directions.append(combine(gj, go, scale, lam))
-
-    # byproducts of the projection, free to return (the finiteness check uses them)
-    stats = {"task_sq_norm": jj.sum(), "reg_sq_norm": oo.sum(), "inner": jo.sum()}
+    for i, (gj, go, r) in enumerate(zip(task_grads, reg_grads, ref)):
+        if "keep" in gO_kept:  # vanilla or drop: d = gJ + lam * keep_b * gO
+            keep = gO_kept["keep"]
+            scale = lam if not project else lam * (keep if keep.ndim == 0 else keep[i])
+            directions.append(_combine(gj, go, scale, inplace=inplace))
+        elif masks is not None:  # d = gJ + lam * mask * gO
+            if go is not None and masks[i] is not None:
+                go = go.multiply_(masks[i]) if inplace else go * masks[i]
+            directions.append(_combine(gj, go, lam, inplace=inplace))
+        else:
+            c = gO_kept["coef"] if granularity == "global" else gO_kept["coef"][i]
+            if batch_reference:
+                # the paper: d = (1 - lam c) gJ + lam gO; a tensor with gO =
+                # None still loses c * gJ under the global projection
+                directions.append(None if gj is None and go is None
+                                  else _combine(gj, go, lam, task_scale=1.0 - lam * c, inplace=inplace))
+            else:
+                extra = None if r is None else (-lam * c) * r
+                directions.append(_combine(gj, go, lam, extra=extra, inplace=inplace))
     if with_stats:
-        stats.update(direction_stats(jj, oo, jo, task_scale, lam, granularity))
+        stats.update(direction_stats(inner, gO_kept, lam, granularity=granularity,
+                                     batch_reference=batch_reference))
     return directions, stats
+
+
+def _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) -> dict:
+    """Per-tensor inner products the diagnostics are derived from."""
+    jj = _dots(task_grads, task_grads, like)
+    inner = {"jj": jj, "oo": _dots(reg_grads, reg_grads, like), "ro": ro}
+    if batch_reference:
+        inner.update(jo=ro, rj=jj, rr=jj)
+    else:
+        inner.update(jo=_dots(task_grads, reg_grads, like), rj=_dots(ref, task_grads, like),
+                     rr=_dots(ref, ref, like))
+    # blocks where the regularizer has a gradient: the ones a rule can judge
+    present = [float(r is not None and o is not None) for r, o in zip(ref, reg_grads)]
+    inner["present"] = paddle.to_tensor(present, dtype=like.dtype, place=like.place)
+    return inner
+
+
+def _masked_stats(task_grads, reg_grads, masks, like) -> dict:
+    """Per tensor <mask*gO, gJ>, ||mask*gO||^2, conflicting and judged coordinates."""
+    pj, po, conflicts, sizes = [], [], [], []
+    zero = paddle.zeros([], dtype=like.dtype)
+    for gj, go, mask in zip(task_grads, reg_grads, masks):
+        if go is None or mask is None:
+            pj.append(zero if go is None or gj is None else paddle.sum(go * gj))
+            po.append(zero if go is None else paddle.sum(go * go))
+            conflicts.append(zero)
+            sizes.append(0)
+            continue
+        kept = go * mask
+        pj.append(zero if gj is None else paddle.sum(kept * gj))
+        po.append(paddle.sum(kept * go))
+        conflicts.append(mask.size - paddle.sum(mask))
+        sizes.append(mask.size)
+    return {"pj": paddle.stack(pj), "po": paddle.stack(po),
+            "coordinate_conflicts": paddle.stack(conflicts).sum() / max(sum(sizes), 1)}
 
 
 def _cosine(dot, sq_a, sq_b):
@@ -218,32 +328,37 @@ def _angle_in_plane(x, y, jj, oo, jo, to_task):
     return paddle.atan2(perp, par) * _RAD_TO_DEG
 
 
-def direction_stats(jj, oo, jo, task_scale, lam, granularity="global"):
-    r"""Diagnostics of one DTNH step, from per-tensor inner products.
+def direction_stats(inner: dict, gO_kept: dict, lam: float, *, granularity="global",
+                    batch_reference=True) -> dict:
+    r"""Diagnostics of one step, from per-tensor inner products.
 
-    Every quantity is exact and global (over all parameters), derived in
-    closed form from :math:`\langle g_J,g_J\rangle`,
-    :math:`\langle g_\Omega,g_\Omega\rangle`, :math:`\langle g_J,g_\Omega\rangle`
-    and the per-tensor scale :math:`a` of :math:`d = a g_J + \lambda g_\Omega`,
-    so no extra pass over the gradients is needed.
+    With :math:`d = g_J + \lambda g'_\Omega`, every quantity is exact and
+    global (over all parameters), derived in float64 from per-tensor inner
+    products of :math:`g_J`, :math:`g_\Omega` and the reference, and from
+    how much of each block's :math:`g_\Omega` the rule kept, so no extra
+    pass over the gradients is needed (the per-coordinate rule needs one).
 
     Args:
-        jj (Tensor): per-tensor :math:`\lVert g_J\rVert^2`, shape ``[n]``.
-        oo (Tensor): per-tensor :math:`\lVert g_\Omega\rVert^2`, shape ``[n]``.
-        jo (Tensor): per-tensor :math:`\langle g_J,g_\Omega\rangle`, shape ``[n]``.
-        task_scale (Tensor): :math:`a`, 0-d (global) or shape ``[n]`` (layer).
+        inner (dict): per-tensor 1-D tensors ``jj``, ``oo``, ``jo``, ``ro``,
+            ``rj``, ``rr`` (inner products of gJ, gO and the reference r),
+            ``present`` (1 where the block can be judged), and for the
+            per-coordinate rule ``pj``, ``po`` and ``coordinate_conflicts``.
+        gO_kept (dict): how gO' was formed: ``keep`` (0-d or per tensor, the
+            share of gO kept by "drop", or 1 without projection), ``coef``
+            (the coefficient of r removed by "project") or ``masks``.
         lam (float): the regularization coefficient.
-        granularity (str, optional): how ``task_scale`` was computed.
-            Default: "global".
+        granularity (str, optional): the blocks. Default: "global".
+        batch_reference (bool, optional): whether r is gJ. Default: True.
 
     Returns:
         dict: 0-d tensors ``task_grad_norm``, ``reg_grad_norm``,
-        ``direction_norm``, ``cos_task_reg``, ``conflict`` (1.0 when
-        :math:`\langle g_J,g_\Omega\rangle<0` over all parameters, else
-        0.0), ``conflict_fraction`` (share of parameter tensors whose own
-        inner product is negative), and the paper's
-        angles in degrees: ``angle1`` = ∠(d, gJ), ``angle2`` = ∠(d, gO),
-        ``angle3`` = ∠(gJ + λgO, gJ), ``angle4`` = ∠(gJ + λgO, gO).
+        ``direction_norm``, ``cos_task_reg``, ``conflict_fraction`` (share of
+        parameter tensors whose own :math:`\langle g_J, g_\Omegaangle` is
+        negative), ``blocks_in_conflict`` (share of the rule's blocks in
+        conflict with its reference), ``reg_removed`` (:math:`\lVert g_\Omega
+        - g'_\OmegaVert / \lVert g_\OmegaVert`), and the paper's angles in
+        degrees: ``angle1`` = ∠(d, gJ), ``angle2`` = ∠(d, gO), ``angle3`` =
+        ∠(gJ + λgO, gJ), ``angle4`` = ∠(gJ + λgO, gO).
 
     Examples:
         .. code-block:: python
@@ -256,41 +371,56 @@ def direction_stats(jj, oo, jo, task_scale, lam, granularity="global"):
             >>> round(float(s["angle1"]), 3), round(float(s["angle3"]), 3)
             (45.0, 45.0)
     """
-    _check_granularity(granularity)
-    # a handful of scalars: float64 costs nothing and keeps small angles exact
-    jj, oo, jo = jj.astype("float64"), oo.astype("float64"), jo.astype("float64")
-    a = task_scale.astype("float64")
+    f64 = {k: v.astype("float64") for k, v in inner.items() if isinstance(v, paddle.Tensor)}
+    jj, oo, jo, ro, rj, rr = (f64[k] for k in ("jj", "oo", "jo", "ro", "rj", "rr"))
+    present = f64["present"]
+    # <gO', gJ>, <gO', gO>, ||gO'||^2 per tensor
+    if "masks" in gO_kept:
+        pj, po = f64["pj"], f64["po"]
+        pp = po
+    elif "keep" in gO_kept:
+        k = gO_kept["keep"].astype("float64")
+        pj, po, pp = k * jo, k * oo, k * oo
+    else:
+        c = gO_kept["coef"].astype("float64")
+        pj, po, pp = jo - c * rj, oo - c * ro, oo - 2.0 * c * ro + c * c * rr
     sum_jj, sum_oo, sum_jo = jj.sum(), oo.sum(), jo.sum()
-    # d = a*gJ + lam*gO (a per tensor for "layer")
-    d_j = (a * jj).sum() + lam * sum_jo
-    d_o = (a * jo).sum() + lam * sum_oo
-    d_d = (a * a * jj).sum() + 2.0 * lam * (a * jo).sum() + lam * lam * sum_oo
-    # v = gJ + lam*gO, the unprojected direction
+    sum_pj, sum_po, sum_pp = pj.sum(), po.sum(), pp.sum()
+    d_j = sum_jj + lam * sum_pj
+    d_o = sum_jo + lam * sum_po
+    d_d = sum_jj + 2.0 * lam * sum_pj + lam * lam * sum_pp
     v_j = sum_jj + lam * sum_jo
     v_o = sum_jo + lam * sum_oo
     v_v = sum_jj + 2.0 * lam * sum_jo + lam * lam * sum_oo
-    if granularity == "global":
-        # d and v both lie in span{gJ, gO}: exact in-plane angles
-        one = paddle.ones([], dtype="float64")
-        angles = {
-            "angle1": _angle_in_plane(a, lam, sum_jj, sum_oo, sum_jo, to_task=True),
-            "angle2": _angle_in_plane(a, lam, sum_jj, sum_oo, sum_jo, to_task=False),
-            "angle3": _angle_in_plane(one, lam, sum_jj, sum_oo, sum_jo, to_task=True),
-            "angle4": _angle_in_plane(one, lam, sum_jj, sum_oo, sum_jo, to_task=False),
+    one = paddle.ones([], dtype="float64")
+    in_plane = granularity == "global" and batch_reference and "masks" not in gO_kept
+    if in_plane:  # d = a gJ + y gO: exact in-plane angles
+        if "coef" in gO_kept:
+            a, y = one - lam * gO_kept["coef"].astype("float64"), lam * one
+        else:
+            a, y = one, lam * gO_kept["keep"].astype("float64")
+        angles12 = {
+            "angle1": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=True),
+            "angle2": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=False),
         }
-    else:  # per-tensor scales take d out of that plane
-        angles = {
-            "angle1": _angle_deg(d_j, d_d, sum_jj),
-            "angle2": _angle_deg(d_o, d_d, sum_oo),
-            "angle3": _angle_deg(v_j, v_v, sum_jj),
-            "angle4": _angle_deg(v_o, v_v, sum_oo),
-        }
+    else:  # per-block factors take d out of that plane
+        angles12 = {"angle1": _angle_deg(d_j, d_d, sum_jj), "angle2": _angle_deg(d_o, d_d, sum_oo)}
+    if "masks" in gO_kept:
+        blocks = f64["coordinate_conflicts"]
+    elif granularity == "global":
+        blocks = (ro.sum() < 0).astype("float64")
+    else:
+        blocks = ((ro < 0).astype("float64") * present).sum() / paddle.clip(present.sum(), min=1.0)
+    removed_sq = paddle.clip(sum_oo - 2.0 * sum_po + sum_pp, min=0.0)
     return {
         "task_grad_norm": paddle.sqrt(sum_jj),
         "reg_grad_norm": paddle.sqrt(sum_oo),
         "direction_norm": paddle.sqrt(paddle.clip(d_d, min=0.0)),
         "cos_task_reg": _cosine(sum_jo, sum_jj, sum_oo),
-        "conflict": (sum_jo < 0).astype("float64"),
-        "conflict_fraction": (jo < 0).astype("float64").mean(),
-        **angles,
+        "conflict_fraction": ((jo < 0).astype("float64") * present).sum() / paddle.clip(present.sum(), min=1.0),
+        "blocks_in_conflict": blocks,
+        "reg_removed": paddle.sqrt(removed_sq / paddle.clip(sum_oo, min=1e-300)),
+        **angles12,
+        "angle3": _angle_in_plane(one, lam * one, sum_jj, sum_oo, sum_jo, to_task=True),
+        "angle4": _angle_in_plane(one, lam * one, sum_jj, sum_oo, sum_jo, to_task=False),
     }

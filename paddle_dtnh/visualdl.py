@@ -1,59 +1,36 @@
-"""VisualDL logging of DTNH's diagnostics.
+"""VisualDL logging of DTNH's stats.
 
 Pass a :class:`DTNHLogger` to :class:`paddle_dtnh.DTNH` (``logger=``): every
 ``interval`` applied steps it turns the diagnostics on for that one step and
 writes them; between logging steps nothing is computed and nothing leaves
 the device, except a running count of conflicting steps kept as a tensor.
 
-Tags, grouped so VisualDL draws each group side by side:
+The tags are those of :data:`paddle_dtnh.stats.STATS`, plus:
 
 =====================================  ============================================
-``train/empirical_loss``               J on the batch (not J + lam * Omega)
-``train/regularizer``                  Omega on the batch
 ``train/lam_x_regularizer``            lam * Omega
 ``train/total_loss``                   J + lam * Omega
-``angles/angle1_d_gJ``                 angle(d, gJ), degrees (DTNH paper, Fig. 4)
-``angles/angle2_d_gO``                 angle(d, gO) (Fig. 5)
-``angles/angle3_vanilla_gJ``           angle(gJ + lam gO, gJ) (Fig. 4)
-``angles/angle4_vanilla_gO``           angle(gJ + lam gO, gO) (Fig. 5)
-``grad_norm/task``                     ||gJ||
-``grad_norm/regularizer``              ||gO||
-``grad_norm/direction``                ||d||
-``dtnh/conflict_rate``                 share of steps since the last log with <gJ, gO> < 0
-``dtnh/cos_task_reg``                  cos(gJ, gO) at the logged step
-``dtnh/lam``                           the current coefficient
+``dtnh/conflict_rate``                 share of steps since the last log with <r, gO> < 0
 ``dtnh/lr``                            the inner optimizer's learning rate
-``dtnh/skipped_steps``                 steps skipped for non-finite gradients (so far)
+``dtnh/skipped_steps``                 steps skipped for a non-finite direction (so far)
 ``eval/loss``, ``eval/accuracy``       per evaluation (:meth:`DTNHLogger.log_eval`)
 =====================================  ============================================
 """
 
 from __future__ import annotations
 
+from .stats import STATS, StepLogger
+
 __all__ = ["DTNHLogger", "TAGS"]
 
-_ANGLES = {
-    "angle1": "angles/angle1_d_gJ",
-    "angle2": "angles/angle2_d_gO",
-    "angle3": "angles/angle3_vanilla_gJ",
-    "angle4": "angles/angle4_vanilla_gO",
-}
-_NORMS = {
-    "task_grad_norm": "grad_norm/task",
-    "reg_grad_norm": "grad_norm/regularizer",
-    "direction_norm": "grad_norm/direction",
-}
-#: every tag a training run writes (eval tags come from log_eval)
-TAGS = (
-    ["train/empirical_loss", "train/regularizer", "train/lam_x_regularizer", "train/total_loss"]
-    + list(_ANGLES.values())
-    + list(_NORMS.values())
-    + ["dtnh/conflict_rate", "dtnh/cos_task_reg", "dtnh/lam", "dtnh/lr", "dtnh/skipped_steps"]
-)
+_DERIVED_TAGS = ["train/lam_x_regularizer", "train/total_loss", "dtnh/conflict_rate", "dtnh/lr",
+                 "dtnh/skipped_steps"]
+#: every tag a training run writes on its logging steps (eval tags come from log_eval)
+TAGS = [s.tag for s in STATS] + _DERIVED_TAGS
 
 
-class DTNHLogger:
-    """Write DTNH's diagnostics to VisualDL every ``interval`` steps.
+class DTNHLogger(StepLogger):
+    """Write DTNH's stats to VisualDL every ``interval`` steps.
 
     Args:
         logdir (str): VisualDL log directory.
@@ -88,44 +65,35 @@ class DTNHLogger:
         self._since_log = 0
 
     def wants_stats(self, step: int) -> bool:
-        """Whether ``step`` (1-based count of applied steps) is a logging step."""
         return step % self.interval == 0
 
     def on_step(self, dtnh, stats: dict) -> None:
-        """Called by DTNH after each applied step with that step's stats."""
-        if "inner" in stats:  # absent only on the vanilla baseline's one-backward path
-            conflict = (stats["inner"] < 0).astype("float32")
+        if "conflict" in stats:  # absent only on the vanilla baseline's one-backward path
+            conflict = stats["conflict"].astype("float32")
             self._conflicts = conflict if self._conflicts is None else self._conflicts + conflict
             self._since_log += 1
         step = dtnh.num_steps
         if not self.wants_stats(step):
             return
-        scalars = {"dtnh/lam": stats["lam"], "dtnh/lr": dtnh.get_lr(),
-                   "dtnh/skipped_steps": dtnh.skipped_steps}
+        scalars = {s.tag: float(stats[s.key]) for s in STATS if s.key in stats}
+        scalars["dtnh/lr"] = dtnh.get_lr()
+        scalars["dtnh/skipped_steps"] = dtnh.skipped_steps
         if self._since_log:
             scalars["dtnh/conflict_rate"] = float(self._conflicts) / self._since_log
         self._conflicts, self._since_log = None, 0
-        if "task_loss" in stats:
-            scalars["train/empirical_loss"] = float(stats["task_loss"])
         if "reg_loss" in stats:
-            omega = float(stats["reg_loss"])
-            scalars["train/regularizer"] = omega
-            scalars["train/lam_x_regularizer"] = stats["lam"] * omega
+            weighted = stats["lam"] * float(stats["reg_loss"])
+            scalars["train/lam_x_regularizer"] = weighted
             if "task_loss" in stats:
-                scalars["train/total_loss"] = scalars["train/empirical_loss"] + stats["lam"] * omega
-        for key, tag in list(_ANGLES.items()) + list(_NORMS.items()) + [("cos_task_reg", "dtnh/cos_task_reg")]:
-            if key in stats:
-                scalars[tag] = float(stats[key])
+                scalars["train/total_loss"] = float(stats["task_loss"]) + weighted
         for tag, value in scalars.items():
             self.writer.add_scalar(tag=tag, step=step, value=float(value))
 
     def on_skip(self, dtnh) -> None:
-        """Called by DTNH when it skips a non-finite step."""
         self.writer.add_scalar(tag="dtnh/skipped_steps", step=dtnh.num_steps + dtnh.skipped_steps,
                                value=float(dtnh.skipped_steps))
 
     def log_eval(self, step: int, loss: float | None = None, accuracy: float | None = None) -> None:
-        """Write an evaluation's loss and accuracy at ``step``."""
         if loss is not None:
             self.writer.add_scalar(tag="eval/loss", step=step, value=float(loss))
         if accuracy is not None:

@@ -1,6 +1,11 @@
 import numpy as np
 import paddle
 import pytest
+from hypothesis import settings
+
+# property tests draw the same examples on every run: a failure reproduces
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(autouse=True)

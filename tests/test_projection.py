@@ -3,7 +3,7 @@ import math
 import numpy as np
 import paddle
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -178,8 +178,11 @@ def test_no_change_without_conflict(vs, lam):
 @settings(max_examples=100, deadline=None)
 @given(vectors, st.floats(0.01, 10.0), st.sampled_from(["global", "layer"]))
 def test_projecting_twice_changes_nothing(vs, lam, granularity):
-    """Projecting the already-projected regularizer direction again is a no-op."""
+    """Projecting the already-projected regularizer direction again is a no-op
+    (where ||gJ_b||^2 is 0 or above the eps floor, which caps the projection)."""
     j1, j2, o1, o2 = vs
+    blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
+    assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
     task = _split(j1, j2)
     d, _ = dtnh_direction(task, _split(o1, o2), lam=lam, granularity=granularity)
     # recover gO_y from d = gJ + lam * gO_y, then project it once more
@@ -225,3 +228,168 @@ def test_small_angles_are_precise():
     # gO = 1e-5 * e2, conflict-free: angle = atan(1e-5) in degrees
     _, stats = dtnh_direction([T([1.0, 0.0])], [T([0.0, 1e-5])], lam=1.0, with_stats=True)
     np.testing.assert_allclose(float(stats["angle1"]), np.degrees(np.arctan(1e-5)), rtol=1e-6)
+
+
+# -- the conflict rules beyond the paper ------------------------------------------
+
+def test_layer_drop_by_hand():
+    # tensor 0 conflicts (<gJ,gO> = -1): its whole gO goes; tensor 1 keeps it
+    d = directions_np([[1.0, 0.0], [1.0, 0.0]], [[-1.0, 1.0], [3.0, 0.0]], lam=1.0,
+                      granularity="layer", rule="drop")
+    np.testing.assert_allclose(d[0], [1.0, 0.0])
+    np.testing.assert_allclose(d[1], [4.0, 0.0])
+
+
+def test_global_drop_by_hand():
+    task = [[1.0, 0.0], [1.0, 0.0]]
+    # total <gJ, gO> = -1 + 3 = 2 >= 0: nothing dropped
+    d = directions_np(task, [[-1.0, 1.0], [3.0, 0.0]], lam=1.0, granularity="global", rule="drop")
+    np.testing.assert_allclose(d[0], [0.0, 1.0])
+    # total -1 + 0.5 < 0: every gO dropped, d = gJ
+    d = directions_np(task, [[-1.0, 1.0], [0.5, 0.0]], lam=1.0, granularity="global", rule="drop")
+    np.testing.assert_allclose(np.concatenate(d), [1.0, 0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("rule", ["project", "drop"])
+def test_coordinate_by_hand(rule):
+    # r_i * gO_i: -1 (removed), 2, 0 (kept: no conflict), -6 (removed)
+    d = directions_np([[1.0, -2.0, 0.0, 3.0]], [[-1.0, -1.0, 5.0, -2.0]], lam=2.0,
+                      granularity="coordinate", rule=rule)
+    np.testing.assert_allclose(d[0], [1.0, -4.0, 10.0, 3.0])
+
+
+def test_reference_other_than_the_batch_gradient_by_hand():
+    gJ, gO, r = [T([1.0, 0.0])], [T([1.0, -1.0])], [T([0.0, 1.0])]
+    # <r, gO> = -1: project removes -1 * r from gO -> (1, 0); d = gJ + gO'
+    d, stats = dtnh_direction(gJ, gO, lam=1.0, reference_grads=r, with_stats=True)
+    np.testing.assert_allclose(d[0].numpy(), [2.0, 0.0])
+    assert float(stats["conflict"]) == 1.0  # judged against r, though <gJ, gO> > 0
+    d, _ = dtnh_direction(gJ, gO, lam=1.0, reference_grads=r, rule="drop", granularity="layer")
+    np.testing.assert_allclose(d[0].numpy(), [1.0, 0.0])
+
+
+def test_bad_inputs_name_the_index():
+    with pytest.raises(ValueError, match=r"Gradient 1: task_grads has shape \[2\].*reg_grads has shape \[1\]"):
+        dtnh_direction([T([1.0]), T([1.0, 2.0])], [T([1.0]), T([1.0])], lam=1.0)
+    with pytest.raises(ValueError, match=r"Gradient 0: .*float64.*float32"):
+        dtnh_direction([T([1.0])], [paddle.to_tensor([1.0], dtype="float32")], lam=1.0)
+    with pytest.raises(ValueError, match="different lengths"):
+        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, reference_grads=[])
+    with pytest.raises(ValueError, match="Invalid rule"):
+        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, rule="mask")
+    for eps in (0.0, -1.0):
+        with pytest.raises(ValueError, match="Invalid eps"):
+            dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, eps=eps)
+    d, _ = dtnh_direction([T([1.0])], [T([1.0])], lam=np.float32(0.5))  # NumPy scalars are numbers
+    np.testing.assert_allclose(d[0].numpy(), [1.5])
+
+
+RULE_GRID = [(g, r) for g in ("global", "layer", "coordinate") for r in ("project", "drop")]
+
+
+def _blocks(arrays_, granularity):
+    """The blocks of a rule as flat arrays: all, per tensor, or per coordinate."""
+    flat = [np.ravel(a) for a in arrays_]
+    if granularity == "global":
+        return [np.concatenate(flat)]
+    if granularity == "layer":
+        return flat
+    return [np.array([v]) for v in np.concatenate(flat)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, st.floats(0.01, 10.0), st.sampled_from(RULE_GRID), st.booleans(), st.integers(0, 2**31 - 1))
+def test_every_rule_keeps_each_block_from_fighting_its_reference(vs, lam, grid, batch_ref, seed):
+    """<gO'_b, r_b> >= 0 for every block, hence <d, r> >= <gJ, r>."""
+    granularity, rule = grid
+    j1, j2, o1, o2 = vs
+    rng = np.random.default_rng(seed)
+    ref = None if batch_ref else [rng.normal(size=j1.shape) * 3, rng.normal(size=j2.shape) * 3]
+    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule,
+                          reference_grads=None if ref is None else [T(x) for x in ref])
+    r = [j1, j2] if ref is None else ref
+    reg_kept = [(di.numpy() - ji) / lam for di, ji in zip(d, (j1, j2))]
+    tol = 1e-7 * (1 + np.sum(np.square([*j1, *j2, *o1, *o2]))) * (1 + np.abs(np.concatenate(r)).max())
+    for kept_b, r_b in zip(_blocks(reg_kept, granularity), _blocks(r, granularity)):
+        assert np.dot(kept_b, r_b) >= -tol
+    gj, rr, dd = np.concatenate([j1, j2]), np.concatenate(r), np.concatenate([x.numpy() for x in d])
+    assert np.dot(dd, rr) >= np.dot(gj, rr) - lam * tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, lams, st.sampled_from(RULE_GRID))
+def test_no_rule_changes_a_regularizer_gradient_without_conflict(vs, lam, grid):
+    granularity, rule = grid
+    j1, j2, o1, o2 = vs
+    # gO_i with the sign of gJ_i: no coordinate, tensor or total conflicts
+    o1, o2 = np.abs(o1) * np.sign(j1), np.abs(o2) * np.sign(j2)
+    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]),
+                               np.concatenate([j1, j2]) + lam * np.concatenate([o1, o2]), atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, st.floats(0.01, 10.0), st.sampled_from(RULE_GRID))
+def test_every_rule_is_idempotent(vs, lam, grid):
+    granularity, rule = grid
+    j1, j2, o1, o2 = vs
+    blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
+    assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
+    task = _split(j1, j2)
+    d, _ = dtnh_direction(task, _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    kept = [(di - ti) / lam for di, ti in zip(d, task)]
+    d2, _ = dtnh_direction(task, kept, lam=lam, granularity=granularity, rule=rule)
+    scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
+    for a, b in zip(d, d2):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, lams, st.sampled_from(RULE_GRID), st.booleans())
+def test_every_rule_inplace_equals_out_of_place(vs, lam, grid, batch_ref):
+    granularity, rule = grid
+    j1, j2, o1, o2 = vs
+    ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
+    kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
+    expected, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], **kw)
+    got, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], inplace=True, **kw)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity, rule", RULE_GRID)
+@pytest.mark.parametrize("batch_ref", [True, False])
+def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref):
+    rng = np.random.default_rng(3)
+    task = [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
+    reg = [rng.normal(size=(3, 2)) - task[0], rng.normal(size=4), None]
+    ref = None if batch_ref else [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
+    lam = 0.7
+    d, stats = dtnh_direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
+                              granularity=granularity, rule=rule, with_stats=True,
+                              reference_grads=None if ref is None else [T(x) for x in ref])
+    flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
+    reg_full = [np.zeros(2) if r is None else r for r in reg]
+    gj, go, dd = flat(task), flat(reg_full), flat([x.numpy() for x in d])
+    kept = (dd - gj) / lam
+    r = gj if ref is None else flat(ref)
+    if granularity == "coordinate":
+        judged = [r_i * o_i < 0 for r_i, o_i in zip(flat((ref or task)[:2]), flat(reg[:2]))]
+    elif granularity == "layer":
+        judged = [np.vdot(a, b) < 0 for a, b in zip((ref or task)[:2], reg[:2])]
+    else:
+        judged = [np.dot(r, go) < 0]
+    v = gj + lam * go
+    expected = {
+        "direction_norm": np.linalg.norm(dd),
+        "conflict": float(np.dot(r, go) < 0),
+        "conflict_fraction": np.mean([np.vdot(t, o) < 0 for t, o in zip(task[:2], reg[:2])]),
+        "blocks_in_conflict": np.mean(judged),
+        "reg_removed": np.linalg.norm(go - kept) / np.linalg.norm(go),
+        "angle1": _angle(dd, gj),
+        "angle2": _angle(dd, go),
+        "angle3": _angle(v, gj),
+        "angle4": _angle(v, go),
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(stats[name]), value, rtol=1e-6, atol=1e-6, err_msg=name)

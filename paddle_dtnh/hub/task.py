@@ -19,9 +19,10 @@ class TransferTask(paddle.nn.Layer):
     """Wrap a classifier so the loops that call ``loss.backward();
     optimizer.step()`` themselves train it with DTNH and any regularizer.
 
-    In training mode, ``forward`` runs the target (and, for a feature-map
-    regularizer, the frozen source) once, and hands the regularizer's value
-    to ``optimizer.regularize`` before the loop's ``backward()``. Only
+    In training mode, ``forward`` runs ``regularizer.run`` (the target, and
+    for a feature-map regularizer the frozen source, once each) and hands
+    the regularizer's value to ``optimizer.regularize`` before the loop's
+    ``backward()``, whatever the regularizer. Only
     ``model`` is a sublayer: checkpoints hold the target's weights, never
     the source's.
 
@@ -52,7 +53,7 @@ class TransferTask(paddle.nn.Layer):
         super().__init__()
         if not isinstance(optimizer, DTNH):
             raise TypeError(f"optimizer must be a paddle_dtnh.DTNH, got {type(optimizer).__name__}.")
-        owned = {id(p) for p in optimizer._params}
+        owned = {id(p) for p in optimizer.parameters}
         foreign = [n for n, p in model.named_parameters() if not p.stop_gradient and id(p) not in owned]
         if foreign:
             raise ValueError(
@@ -60,16 +61,16 @@ class TransferTask(paddle.nn.Layer):
                 f"(e.g. {foreign[:3]}): build it over this model's parameters."
             )
         reg = optimizer.regularizer
-        if reg is not None and not reg.closed_form_grad and getattr(reg, "_model", model) is not model:
+        if reg is not None and reg.model is not model:
             raise ValueError("The regularizer was built on another model than the one given here.")
         self.model = model
         object.__setattr__(self, "_optimizer", optimizer)  # not a sublayer: not saved
 
     def forward(self, images):
         reg = self._optimizer.regularizer
-        if self.training and reg is not None and not reg.closed_form_grad:
-            output, reg_loss = reg.run(images)
-            self._optimizer.regularize(reg_loss)
+        if self.training and reg is not None:
+            output, omega = reg.run(images)
+            self._optimizer.regularize(omega)
         else:
             output = self.model(images)
         return _logits(output)

@@ -25,29 +25,51 @@ class SourceMismatchError(ValueError):
 
 
 class TransferRegularizer(paddle.nn.Layer):
-    """Base class of the regularizers :math:`\\Omega(w, w_s)`.
+    """Base class of the regularizers :math:`\\Omega(w, w_s)`: one contract for all.
 
-    ``forward`` returns :math:`\\Omega` as a 0-d Tensor. Regularizers whose
-    gradient is known in closed form (the weight-space ones) set
-    ``closed_form_grad = True`` and implement :meth:`grad`, so DTNH needs no
-    backward pass for them; the others are differentiated by ``paddle.grad``.
+    * :meth:`run` ``(x) -> (output, omega)``: the model's output on ``x`` and
+      :math:`\\Omega` from the same forward pass;
+    * :meth:`grads` ``(params, omega)``: :math:`g_\\Omega` aligned with
+      ``params``. Here by ``paddle.grad`` (averaged over data-parallel ranks);
+      weight regularizers override it with their closed form, so no caller
+      needs to know which kind it holds.
+
+    Subclasses set the target network with :meth:`_set_model` (kept outside
+    the Layer tree: it is neither a sublayer nor saved with the regularizer)
+    and implement ``forward`` and :meth:`regularized_parameters`.
     """
 
-    #: True when :meth:`grad` gives the exact gradient without autograd.
-    closed_form_grad = False
+    def _set_model(self, model: paddle.nn.Layer) -> None:
+        object.__setattr__(self, "_model", model)
+
+    @property
+    def model(self) -> paddle.nn.Layer:
+        """The target network this regularizer was built on."""
+        return self._model
 
     def regularized_parameters(self) -> list:
         """The target parameters :math:`\\Omega` depends on (not copies)."""
         raise NotImplementedError
 
-    def grad(self) -> list:
-        """Closed-form gradient, aligned with :meth:`regularized_parameters`.
+    def run(self, x: paddle.Tensor):
+        """Forward the model on ``x``; return ``(output, omega)``."""
+        return self._model(x), self()
 
-        Must return fresh tensors: DTNH combines the gradients in place."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no closed-form gradient; DTNH takes "
-            "its gradient with paddle.grad."
-        )
+    def grads(self, params: list, omega: paddle.Tensor | None) -> list:
+        """:math:`g_\\Omega` for ``params`` (``None`` where :math:`\\Omega` does not
+        depend on a parameter), from ``omega``'s graph, which is kept for the
+        empirical loss's backward. Returns fresh tensors (DTNH combines in place).
+        """
+        if omega is None:
+            raise ValueError(
+                f"{type(self).__name__} has no closed-form gradient: pass its value on this "
+                "batch, `output, omega = reg.run(x)`, as opt.update(loss, omega) (hook mode: "
+                "opt.regularize(omega) before loss.backward())."
+            )
+        from ..distributed import all_reduce_mean
+
+        # under data parallelism paddle.grad gives this rank's gradient only
+        return all_reduce_mean(paddle.grad(omega, params, retain_graph=True, allow_unused=True))
 
 
 def load_state_dict(source) -> dict:

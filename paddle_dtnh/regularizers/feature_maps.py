@@ -5,8 +5,8 @@ of the source network on the same batch. Normalisation (so ``lam`` does not
 depend on batch size or feature-map size): each channel's squared distance
 is divided by its map's :math:`H \times W`, and the sum over channels and
 layers is averaged over the batch. Their gradient comes from ``paddle.grad``
-(no closed form); use ``opt.update(loss, reg_loss)`` or
-``opt.regularize(reg_loss)``.
+(no closed form): ``output, omega = reg.run(x)``, then ``opt.update(loss,
+omega)`` or, in hook mode, ``opt.regularize(omega)``.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class FeatureMapRegularizer(TransferRegularizer):
         FeatureCapture(model, self.layers)  # validates the names now
         match = match_source(model, None, head=head)
         # plain attributes, not sublayers: see the class docstring
-        object.__setattr__(self, "_model", model)
+        self._set_model(model)
         object.__setattr__(self, "_source", _source_network(model, source))
         FeatureCapture(self._source, self.layers)
         self._trainable = [p for _, p, _ in match.shared] + [p for _, p in match.new]

@@ -3,8 +3,8 @@ r"""Weight-space transfer regularizers with closed-form gradients.
 Each penalises the shared parameters :math:`w_S` (same name and shape as in
 the source) with ``alpha`` and the new head :math:`w_N` with
 :math:`\frac{\beta}{2}\lVert w_N\rVert^2`. Their gradient is computed in
-closed form by :meth:`~WeightRegularizer.grad`, so DTNH needs no backward
-pass for :math:`g_\Omega`.
+closed form (:meth:`~WeightRegularizer.closed_form_grads`), so DTNH needs no
+backward pass for :math:`g_\Omega`.
 
 Which tensors are penalised: by default (``weights_only=True``) only
 convolution and linear weights (tensors with two or more dimensions), as in
@@ -45,7 +45,6 @@ class WeightRegularizer(TransferRegularizer):
             tensor. Default: True.
     """
 
-    closed_form_grad = True
     _needs_source = True
 
     def __init__(
@@ -60,6 +59,7 @@ class WeightRegularizer(TransferRegularizer):
         strict: bool = True,
     ):
         super().__init__()
+        self._set_model(model)
         self.alpha = check_nonnegative("alpha", alpha)
         self.beta = check_nonnegative("beta", beta)
         self.weights_only = weights_only
@@ -96,10 +96,17 @@ class WeightRegularizer(TransferRegularizer):
         return paddle.add_n(terms)
 
     @paddle.no_grad()
-    def grad(self) -> list:
+    def closed_form_grads(self) -> list:
+        """:math:`g_\\Omega` in closed form, aligned with :meth:`regularized_parameters`."""
         grads = [self.alpha * self._penalty_grad(i, p, r) for i, (_, p, r) in enumerate(self._shared)]
         grads += [self.beta * p for _, p in self._new]
         return grads
+
+    def grads(self, params: list, omega=None) -> list:
+        """The closed form, aligned with ``params``; ``omega`` is not needed.
+        The same on every data-parallel rank, so nothing is all-reduced."""
+        by_id = {id(p): g for p, g in zip(self.regularized_parameters(), self.closed_form_grads())}
+        return [by_id.get(id(p)) for p in params]
 
     def extra_repr(self) -> str:
         return (
@@ -202,7 +209,7 @@ class L1SP(_Smoothed):
             >>> src = paddle.nn.Linear(2, 2)
             >>> net = paddle.nn.Linear(2, 2)
             >>> reg = L1SP(net, src, alpha=1.0, beta=0.0)
-            >>> len(reg.grad())
+            >>> len(reg.closed_form_grads())
             1
     """
 
@@ -250,7 +257,7 @@ class GroupLassoSP(_Smoothed):
             >>> src = paddle.nn.Conv2D(2, 4, 3)
             >>> net = paddle.nn.Conv2D(2, 4, 3)
             >>> reg = GroupLassoSP(net, src, alpha=1.0, beta=0.0)
-            >>> list(reg.grad()[0].shape)
+            >>> list(reg.closed_form_grads()[0].shape)
             [4, 2, 3, 3]
     """
 
