@@ -26,7 +26,7 @@ from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
 __all__ = ["METHODS", "CONFLICT_RULES", "MethodSpec", "method_spec", "RunConfig", "pretrain_source",
-           "run_transfer", "Recorder"]
+           "run_transfer", "Recorder", "RunStore", "summarize_diagnostics"]
 
 
 #: regularizers a method can use, with their display names
@@ -365,3 +365,60 @@ def run_transfer(
         "seconds": time.time() - start,
         "config": asdict(cfg),
     }
+
+
+def summarize_diagnostics(diagnostics: dict) -> dict:
+    """Means over a run's logged steps of the diagnostics the tables show
+    (None where no step was logged)."""
+    def mean(key):
+        values = [v for v in diagnostics.get(key, []) if not math.isnan(v)]
+        return float(np.mean(values)) if values else None
+
+    return {"conflict_rate": mean("conflict"), "mean_angle1": mean("angle1"), "mean_angle3": mean("angle3"),
+            "mean_reg_removed": mean("reg_removed"), "mean_blocks_in_conflict": mean("blocks_in_conflict")}
+
+
+class RunStore:
+    """Finished runs in a JSON-lines file, keyed by their settings, so an
+    interrupted benchmark resumes where it stopped (a line cut by a crash is
+    dropped and its run redone).
+
+    Examples:
+        .. code-block:: python
+
+            >>> import os, tempfile
+            >>> from paddle_dtnh.experiment import RunStore
+            >>> store = RunStore(os.path.join(tempfile.mkdtemp(), "runs.jsonl"))
+            >>> key = store.key("l2sp", 0, {"lam": 1.0})
+            >>> store.add({"key": key, "test_accuracy": 0.5})
+            >>> key in RunStore(store.path).runs
+            True
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.runs = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        run = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(run, dict) and "key" in run:
+                        self.runs[run["key"]] = run
+
+    @staticmethod
+    def key(*settings) -> str:
+        """A short hash of JSON-serialisable settings."""
+        blob = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def add(self, run: dict) -> None:
+        """Append ``run`` (which holds its ``key``) and flush it to disk."""
+        self.runs[run["key"]] = run
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(run) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

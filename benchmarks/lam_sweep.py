@@ -1,0 +1,236 @@
+"""Accuracy against lam: does a conflict rule keep a regularizer from hurting?
+
+For every source -> target pair, regularizer and lam, runs the regularizer
+without projection (vanilla), with DTNH under each conflict rule given, and
+fine-tuning as the reference line; several seeds each. Resumable: finished
+runs are kept in ``runs.jsonl`` and skipped when the command is repeated.
+
+Writes into --output: ``table.md`` (mean ± std of the test accuracy per
+lam, the paired per-seed difference against vanilla, the share of the gap
+to fine-tuning recovered where the regularizer hurts and the share of its
+gain kept where it helps, the diagnostics), ``results.json``, and one PNG
+per regularizer and pair (accuracy against lam, log axis).
+
+    # screen the rules at one lam per setting
+    OMP_NUM_THREADS=2 python benchmarks/lam_sweep.py --pairs mnist5k:digits --regularizers l2sp \\
+        --lams 10 --rules paper layer_project layer_drop global_drop coordinate layer_drop_ema coordinate_ema
+    # sweep lam
+    OMP_NUM_THREADS=2 python benchmarks/lam_sweep.py --lams 0.01 0.1 1 10 100 --rules paper never_hurt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    from paddle_dtnh.experiment import CONFLICT_RULES, REGULARIZERS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", nargs="+", default=["mnist5k:digits", "fashion-mnist:digits"], metavar="SOURCE:TARGET",
+                   help="source dataset (pretrained here) and target (default: mnist5k:digits fashion-mnist:digits)")
+    p.add_argument("--regularizers", nargs="+", default=["l2sp", "knowdist"],
+                   choices=[r for r in REGULARIZERS if r != "l2"], help="default: l2sp knowdist")
+    p.add_argument("--lams", nargs="+", type=float, default=None,
+                   help="lam values (default per regularizer: l2sp 0.1 1 10 100 1000, knowdist 0.001 0.01 0.1 1 10)")
+    p.add_argument("--rules", nargs="+", default=["paper", "never_hurt"], choices=list(CONFLICT_RULES),
+                   help="DTNH conflict rules to run beside vanilla (default: paper never_hurt)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    p.add_argument("--iterations", type=int, default=60, help="steps per run (default: 60)")
+    p.add_argument("--max-test", type=int, default=500, help="test images evaluated (default: 500)")
+    p.add_argument("--output", default="output/lam_sweep", help="default: output/lam_sweep")
+    p.add_argument("--cache", default=os.path.join("output", "sources"), help="pretrained source cache")
+    p.add_argument("--report-only", action="store_true", help="write the tables and plots from finished runs")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.seeds <= 0 or args.iterations <= 0:
+        p.error("--seeds and --iterations must be positive")
+    if any(lam < 0 for lam in args.lams or []):
+        p.error("--lams must be >= 0")
+    for pair in args.pairs:
+        if pair.count(":") != 1:
+            p.error(f"--pairs takes SOURCE:TARGET, got {pair!r}")
+    return args
+
+
+DEFAULT_LAMS = {"l2sp": [0.1, 1.0, 10.0, 100.0, 1000.0], "knowdist": [0.001, 0.01, 0.1, 1.0, 10.0],
+                "delta": [0.01, 0.1, 1.0, 10.0, 100.0]}
+
+
+def grid(args):
+    """Every run of the sweep: (pair, regularizer, lam, method, seed); fine-tuning once per pair."""
+    runs = []
+    for pair in args.pairs:
+        for seed in range(args.seeds):
+            runs.append((pair, "l2", None, "finetune", seed))
+        for reg in args.regularizers:
+            for lam in args.lams or DEFAULT_LAMS[reg]:
+                for seed in range(args.seeds):
+                    runs.append((pair, reg, lam, reg, seed))
+                    runs += [(pair, reg, lam, f"dtnh_{reg}@{rule}", seed) for rule in args.rules]
+    return runs
+
+
+def config(args, reg, lam):
+    from paddle_dtnh.experiment import RunConfig
+
+    cfg = RunConfig(iterations=args.iterations, eval_interval=args.iterations, stats_interval=5,
+                    max_test=args.max_test)
+    if lam is not None:
+        cfg.lam[reg] = lam
+    return cfg
+
+
+def _stats(values):
+    values = np.asarray(values, dtype=float)
+    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, sem
+
+
+def report(runs, args) -> str:
+    """Markdown: per pair, regularizer and lam, every method's accuracy and its
+    paired difference against vanilla; the goals' shares; the diagnostics."""
+    by = {}
+    for r in runs:
+        by.setdefault((r["pair"], r["method"], r["lam"]), {})[r["seed"]] = r
+    lines = []
+    for pair in args.pairs:
+        finetune = by.get((pair, "finetune", None), {})
+        ft_acc = [100 * r["test_accuracy"] for r in finetune.values()]
+        ft_text = f"{_stats(ft_acc)[0]:.2f} ± {_stats(ft_acc)[1]:.2f} (n={len(ft_acc)})" if ft_acc else "-"
+        for reg in args.regularizers:
+            lams = args.lams or DEFAULT_LAMS[reg]
+            methods = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
+            lines += [f"\n**{pair.replace(':', ' -> ')}, {reg}** (fine-tuning: {ft_text})\n",
+                      "| lam | method | accuracy (%) | vs vanilla, paired (points, mean ± SE) | goal | "
+                      "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for lam in lams:
+                vanilla = by.get((pair, reg, lam), {})
+                for method in methods:
+                    cell = by.get((pair, method, lam), {})
+                    if not cell:
+                        continue
+                    acc = [100 * r["test_accuracy"] for r in cell.values()]
+                    mean, std, _ = _stats(acc)
+                    seeds = sorted(set(cell) & set(vanilla))
+                    diff = [100 * (cell[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
+                    diff_text = "" if method == reg or not diff else "{:+.2f} ± {:.2f}".format(*_stats(diff)[::2])
+                    goal = goal_text(cell, vanilla, finetune, method == reg)
+                    diag = lambda k, fmt: (fmt(np.mean([r[k] for r in cell.values() if r.get(k) is not None]))
+                                           if any(r.get(k) is not None for r in cell.values()) else "-")
+                    lines.append(
+                        f"| {lam:g} | {method} | {mean:.2f} ± {std:.2f} (n={len(acc)}) | {diff_text} | {goal} "
+                        f"| {diag('conflict_rate', lambda v: f'{100 * v:.0f}%')} "
+                        f"| {diag('mean_reg_removed', lambda v: f'{100 * v:.1f}%')} "
+                        f"| {diag('mean_angle1', lambda v: f'{v:.1f}')} / {diag('mean_angle3', lambda v: f'{v:.1f}')} |")
+    return "\n".join(lines)
+
+
+def goal_text(cell, vanilla, finetune, is_vanilla) -> str:
+    """Where vanilla is below fine-tuning: the share of the gap recovered
+    (goal >= 50%); where it is above: the share of its gain kept (goal >= 80%).
+    Means over the seeds all three have; '(gap < SE)' where the gap or gain is
+    within one standard error of the paired vanilla - fine-tuning differences."""
+    seeds = sorted(set(cell) & set(vanilla) & set(finetune))
+    if is_vanilla or not seeds:
+        return ""
+    acc = lambda runs: np.array([100 * runs[s]["test_accuracy"] for s in seeds])
+    gap = acc(vanilla) - acc(finetune)  # < 0: the regularizer hurts
+    mean_gap = gap.mean()
+    sem = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("inf")
+    share = (acc(cell) - acc(finetune)).mean() / mean_gap if mean_gap else float("nan")
+    if mean_gap < 0:  # recovered share of the gap: 1 - remaining gap / gap
+        text = f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
+    else:
+        text = f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"
+    return text + (" (gap < SE)" if abs(mean_gap) <= sem else "")
+
+
+def plot(runs, args, output) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for pair in args.pairs:
+        ft = [100 * r["test_accuracy"] for r in runs if r["pair"] == pair and r["method"] == "finetune"]
+        for reg in args.regularizers:
+            lams = args.lams or DEFAULT_LAMS[reg]
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            for method in [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]:
+                xs, means, stds = [], [], []
+                for lam in lams:
+                    acc = [100 * r["test_accuracy"] for r in runs
+                           if r["pair"] == pair and r["method"] == method and r["lam"] == lam]
+                    if acc:
+                        xs.append(lam)
+                        means.append(np.mean(acc))
+                        stds.append(np.std(acc))
+                if xs:
+                    label = "vanilla" if method == reg else method.split("@")[1]
+                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+            if ft:
+                ax.axhline(np.mean(ft), color="gray", linestyle="--", label="fine-tuning")
+            ax.set_xscale("log")
+            ax.set(xlabel="lam", ylabel="test accuracy (%)", title=f"{reg}: {pair.replace(':', ' -> ')}")
+            ax.legend(fontsize=8)
+            path = os.path.join(output, f"lam_sweep_{reg}_{pair.replace(':', '_to_')}.png")
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from paddle_dtnh.data import load_dataset
+    from paddle_dtnh.experiment import RunStore, method_spec, pretrain_source, run_transfer, summarize_diagnostics
+
+    os.makedirs(args.output, exist_ok=True)
+    store = RunStore(os.path.join(args.output, "runs.jsonl"))
+    cells = grid(args)
+    # the key holds the rule's options, so redefining a preset never reuses stale runs
+    keyed = [(cell, store.key(*cell, method_spec(cell[3]).dtnh_options, args.iterations, args.max_test))
+             for cell in cells]
+    todo = [(cell, key) for cell, key in keyed if key not in store.runs]
+    print(f"{len(cells)} runs, {len(cells) - len(todo)} already done", flush=True)
+    started = time.time()
+    sources, targets = {}, {}
+    for i, ((pair, reg, lam, method, seed), key) in enumerate([] if args.report_only else todo, 1):
+        source, target = pair.split(":")
+        if source not in sources:
+            sources[source] = pretrain_source(source, cache_dir=args.cache, progress=not args.no_progress)
+        if target not in targets:
+            targets[target] = load_dataset(target)
+        result = run_transfer(method, sources[source], targets[target], config(args, reg, lam), seed=seed,
+                              progress=not args.no_progress)
+        diagnostics = result.pop("diagnostics")
+        result.pop("curve")
+        result.update(key=key, pair=pair, regularizer=reg, lam=lam, **summarize_diagnostics(diagnostics))
+        store.add(result)
+        eta = (time.time() - started) / i * (len(todo) - i)
+        print(f"[{i}/{len(todo)}] {pair} {method} lam={lam} seed {seed}: {100 * result['test_accuracy']:.2f}% "
+              f"({result['seconds']:.0f} s; about {eta / 60:.0f} min left)", flush=True)
+    runs = [store.runs[key] for _, key in keyed if key in store.runs]
+    table = report(runs, args)
+    figures = plot(runs, args, args.output)
+    with open(os.path.join(args.output, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+    print(table)
+    for path in figures:
+        print(f"figure: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
