@@ -15,7 +15,7 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from paddle_dtnh.hub.sources import resnet18_target
+from paddle_dtnh.architectures import target_from
 from paddle_dtnh.projection import dtnh_direction
 from paddle_dtnh.regularizers import DELTA, KnowDist
 
@@ -30,7 +30,7 @@ def main():
 
     paddle.seed(0)
     source = paddle.vision.models.resnet18(num_classes=1000)
-    model = resnet18_target(source, num_classes=10)
+    model = target_from(source, num_classes=10)
     if args.regularizer == "knowdist":
         reg = KnowDist(model, source, head=["fc"])
     else:

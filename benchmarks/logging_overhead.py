@@ -16,7 +16,7 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from paddle_dtnh.hub.sources import resnet18_target
+from paddle_dtnh.architectures import target_from
 from paddle_dtnh import DTNH
 from paddle_dtnh.regularizers import L2SP, KnowDist
 from paddle_dtnh.visualdl import DTNHLogger
@@ -38,7 +38,7 @@ def main():
     logdir = tempfile.mkdtemp(prefix="dtnh_vdl_")
 
     def build(logger):
-        model = resnet18_target(source, num_classes=10)
+        model = target_from(source, num_classes=10)
         if args.regularizer == "l2sp":
             reg = L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"])
         else:
@@ -46,11 +46,8 @@ def main():
         opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()), reg, lam=1.0, logger=logger)
 
         def step():
-            if reg.closed_form_grad:
-                opt.update(F.cross_entropy(model(x), y))
-            else:
-                logits, omega = reg.run(x)
-                opt.update(F.cross_entropy(logits, y), omega)
+            logits, omega = reg.run(x)
+            opt.update(F.cross_entropy(logits, y), omega)
 
         return step
 

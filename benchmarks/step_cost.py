@@ -22,16 +22,10 @@ import subprocess
 import sys
 import time
 
-METHODS = {
-    # name: (regularizer, project)
-    "finetune": (None, True),
-    "l2sp": ("l2sp", False),
-    "dtnh_l2sp": ("l2sp", True),
-    "knowdist": ("knowdist", False),
-    "dtnh_knowdist": ("knowdist", True),
-    "delta": ("delta", False),
-    "dtnh_delta": ("delta", True),
-}
+# method names as in the harness (paddle_dtnh.experiment.method_spec); "finetune" is
+# the L2 regularizer without projection there too
+METHODS = ["finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt", "knowdist", "dtnh_knowdist",
+           "dtnh_knowdist@never_hurt", "delta", "dtnh_delta", "dtnh_delta@never_hurt"]
 
 
 def parse_args(argv=None):
@@ -40,8 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=32, help="input height and width (default: 32)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                        help="methods to time (default: all)")
+    parser.add_argument("--methods", nargs="+", default=METHODS, metavar="METHOD",
+                        help="methods to time, as in demo/transfer.py, e.g. dtnh_l2sp@coordinate_ema "
+                             f"(default: {' '.join(METHODS)})")
     parser.add_argument("--attention-batch", type=int, default=8,
                         help="images in the attention comparison; 0 skips it (default: 8)")
     parser.add_argument("--device", default=None, help="cpu or gpu (default: Paddle's current device)")
@@ -53,13 +48,13 @@ def parse_args(argv=None):
 def _setup(args):
     import paddle
 
-    from paddle_dtnh.hub.sources import resnet18_target
+    from paddle_dtnh.architectures import target_from
 
     if args.device:
         paddle.set_device(args.device)
     paddle.seed(0)
     source = paddle.vision.models.resnet18(num_classes=1000)
-    model = resnet18_target(source, num_classes=10)
+    model = target_from(source, num_classes=10)
     x = paddle.randn([args.batch_size, 3, args.image_size, args.image_size])
     y = paddle.randint(0, 10, [args.batch_size])
     return paddle, source, model, x, y
@@ -76,30 +71,27 @@ def build_step(args, name, paddle, source, x, y):
     import paddle.nn.functional as F
 
     from paddle_dtnh import DTNH
-    from paddle_dtnh.hub.sources import resnet18_target
-    from paddle_dtnh.regularizers import DELTA, L2SP, KnowDist
+    from paddle_dtnh.architectures import target_from
+    from paddle_dtnh.experiment import method_spec
+    from paddle_dtnh.regularizers import DELTA, L2, L2SP, KnowDist
 
     paddle.seed(0)
-    model = resnet18_target(source, num_classes=10)
-    kind, project = METHODS[name]
-    reg = None
-    if kind == "l2sp":
-        reg = L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"])
-    elif kind == "knowdist":
-        reg = KnowDist(model, source, head=["fc"])
-    elif kind == "delta":
-        reg = DELTA(model, source, alpha=0.01, beta=0.01, head=["fc"])
+    model = target_from(source, num_classes=10)
+    spec = method_spec(name)
+    regularizers = {
+        "l2": lambda: L2(model, alpha=0.01, beta=0.01, head=["fc"]),
+        "l2sp": lambda: L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"]),
+        "knowdist": lambda: KnowDist(model, source, head=["fc"]),
+        "delta": lambda: DELTA(model, source, alpha=0.01, beta=0.01, head=["fc"]),
+    }
+    reg = regularizers[spec.regularizer]()
     inner = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
-    opt = DTNH(inner, reg, lam=1.0, project=project)
-    feature_map = reg is not None and not reg.closed_form_grad
+    opt = DTNH(inner, reg, lam=1.0, **spec.dtnh_options)
     on_cpu = paddle.device.get_device() == "cpu"
 
     def step():
-        if feature_map:
-            logits, omega = reg.run(x)
-            opt.update(F.cross_entropy(logits, y), omega)
-        else:
-            opt.update(F.cross_entropy(model(x), y))
+        logits, omega = reg.run(x)
+        opt.update(F.cross_entropy(logits, y), omega)
         if not on_cpu:  # kernels run asynchronously on accelerators
             paddle.device.synchronize()
 
@@ -180,9 +172,8 @@ def main(argv=None):
     config.update(paddle=paddle.__version__, device=args.device or paddle.device.get_device())
 
     print("\n| method | step (ms) | vs. baseline | peak memory (MB) |\n|---|---|---|---|")
-    baselines = {"dtnh_l2sp": "l2sp", "dtnh_knowdist": "knowdist", "dtnh_delta": "delta"}
     for name, r in results.items():
-        base = baselines.get(name)
+        base = name.partition("@")[0].replace("dtnh_", "") if name.startswith("dtnh_") else None
         ratio = f"{r['step_ms'] / results[base]['step_ms']:.2f}x {base}" if base in results else ""
         print(f"| {name} | {r['step_ms']:.0f} | {ratio} | {r['peak_mem_mb']:.0f} |")
     if attention:

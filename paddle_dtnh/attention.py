@@ -22,7 +22,6 @@ the stages after it are run, on many ablated copies at once.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,52 +29,33 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from . import files
 from .features import frozen_copy
 
 __all__ = [
     "AttentionWeights",
     "compute_attention",
     "network_stages",
-    "register_stages",
     "source_fingerprint",
 ]
 
 _FORMAT = "paddle_dtnh.attention/1"
-_STAGES: dict = {}
 NORMALIZATIONS = ("zscore", "softmax")
 
 
-def register_stages(layer_class: type, split: Callable) -> None:
-    """Declare how to split models of ``layer_class`` into stages: ``split(model)``
-    returns ``[(name, callable), ...]`` whose composition maps an image batch to
-    the pooled features the classifier reads."""
-    _STAGES[layer_class] = split
-
-
-def _resnet_stages(model):
-    def stem(x):
-        return model.maxpool(model.relu(model.bn1(model.conv1(x))))
-
-    def pool(x):
-        return paddle.flatten(model.avgpool(x), 1)
-
-    return [("stem", stem)] + [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)] + [
-        ("pool", pool)
-    ]
-
-
-register_stages(paddle.vision.models.ResNet, _resnet_stages)
-
-
 def network_stages(model: paddle.nn.Layer) -> list:
-    """The registered stage split of ``model`` (see :func:`register_stages`)."""
-    for cls in type(model).__mro__:
-        if cls in _STAGES:
-            return _STAGES[cls](model)
-    raise ValueError(
-        f"No stage split registered for {type(model).__name__}: pass stages=[(name, "
-        "callable), ...] (image batch -> pooled features), or call register_stages()."
-    )
+    """The stage split of ``model``'s registered architecture
+    (:mod:`paddle_dtnh.architectures`)."""
+    from .architectures import architecture_of
+
+    arch = architecture_of(model)
+    if arch is None:
+        raise ValueError(
+            f"No stage split registered for {type(model).__name__}: pass stages=split_fn "
+            "(network -> [(name, callable), ...], image batch -> pooled features), or register "
+            "the architecture with paddle_dtnh.architectures.register()."
+        )
+    return arch.stages(model)
 
 
 def source_fingerprint(model: paddle.nn.Layer) -> str:
@@ -111,8 +91,7 @@ class AttentionWeights:
 
     def save(self, path: str) -> None:
         """Write to ``path`` (atomically: a temporary file, then a rename)."""
-        tmp = f"{path}.tmp"
-        paddle.save(
+        files.save(
             {
                 "format": _FORMAT,
                 "weights": self.weights,
@@ -121,19 +100,16 @@ class AttentionWeights:
                 "normalization": self.normalization,
                 "meta": {k: v for k, v in self.meta.items() if k != "head"},
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str, *, source: paddle.nn.Layer | None = None, layers=None):
-        """Read a file written by :meth:`save`; with ``source`` and/or ``layers``,
+    def load(cls, path: str, *, source: paddle.nn.Layer | None = None, layers=None, trusted: bool = False):
+        """Read a file written by :meth:`save` (no code runs: see
+        :func:`paddle_dtnh.files.load`); with ``source`` and/or ``layers``,
         reject a file computed for another source network or layer set."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Attention file not found: {path}")
-        blob = paddle.load(path)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an attention file written by paddle_dtnh.")
+        blob = files.check_format(files.load(path, what="attention file", trusted=trusted),
+                                  _FORMAT, path, "attention file")
         found = cls(blob["weights"], blob["gaps"], blob["source_key"], blob["normalization"],
                     blob.get("meta", {}))
         if layers is not None and list(layers) != found.layers:
@@ -270,8 +246,8 @@ def compute_attention(
         layers (Sequence[str], optional): stage names to weigh. Default: every
             stage but the first and last (``layer1``..``layer4`` for ResNet).
         stages (callable, optional): ``split(model) -> [(name, callable)]``,
-            applied to the frozen copy; default: the split registered for the
-            architecture (see :func:`register_stages`).
+            applied to the frozen copy; default: the architecture's split
+            (:mod:`paddle_dtnh.architectures`).
         fe_epochs (int, optional): L2-FE epochs. Default: 10.
         fe_lr (float, optional): L2-FE learning rate (momentum 0.9). Default: 0.01.
         max_batches (int, optional): batches averaged for the gaps. Default: 4.

@@ -1,16 +1,16 @@
 """Crash-safe training checkpoints: model, optimizer (DTNH included), extras.
 
-:func:`save_checkpoint` writes to a temporary file in the same folder and
-renames it over the target, so a crash while saving leaves the previous
-checkpoint intact. :func:`load_checkpoint` checks the whole file against the
-model before changing anything.
+:func:`save_checkpoint` writes through :func:`paddle_dtnh.files.save`, so a
+crash while saving leaves the previous checkpoint intact. :func:`load_checkpoint`
+reads without running code and checks the whole file (model tensors: names,
+shapes, dtypes; the optimizer part's presence) before changing anything.
 """
 
 from __future__ import annotations
 
-import os
-
 import paddle
+
+from . import files
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -37,52 +37,64 @@ def save_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, **extra) 
     blob = {"format": _FORMAT, "model": model.state_dict(), "extra": extra}
     if optimizer is not None:
         blob["optimizer"] = optimizer.state_dict()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        paddle.save(blob, tmp)
-        with open(tmp, "rb") as f:  # reach the disk before the rename
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.save(blob, path)
 
 
-def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None) -> dict:
+def _model_problems(own: dict, saved) -> list:
+    if not isinstance(saved, dict):
+        return [f"the model part is a {type(saved).__name__}, not a state dict"]
+    problems = [f"missing {k}" for k in own if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in own]
+    for k, value in own.items():
+        if k not in saved:
+            continue
+        other = saved[k]
+        if not isinstance(other, paddle.Tensor):
+            problems.append(f"{k} is a {type(other).__name__}, not a tensor")
+        elif list(other.shape) != list(value.shape):
+            problems.append(f"{k}: shape {list(other.shape)} in the file, {list(value.shape)} in the model")
+        elif other.dtype != value.dtype:
+            problems.append(f"{k}: dtype {other.dtype} in the file, {value.dtype} in the model")
+    return problems
+
+
+def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, *, trusted: bool = False) -> dict:
     """Restore ``model`` (and ``optimizer``) from ``path``; return the extras.
 
+    All or nothing: the whole file is checked before the model or the
+    optimizer is written.
+
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is corrupt, not a paddle_dtnh checkpoint, or
-            its tensors do not match the model (missing, unexpected, or
-            differently shaped names are listed); nothing is changed then.
+        FileNotFoundError: no file at ``path`` (or a directory).
+        CheckpointError: the file is corrupt, unsafe, not a paddle_dtnh
+            checkpoint, or does not fit the model or optimizer; the message
+            names the file, the item and the fix. Nothing is changed then.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
     try:
-        blob = paddle.load(path)
-    except Exception as err:  # a truncated or foreign file fails in many ways
+        blob = files.check_format(files.load(path, what="checkpoint", trusted=trusted), _FORMAT, path,
+                                  "checkpoint")
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # UnsafeFileError is one too
+        raise CheckpointError(f"{err} Resume from another checkpoint.") from err
+    problems = _model_problems(model.state_dict(), blob.get("model"))
+    if problems:
         raise CheckpointError(
-            f"Checkpoint {path} is corrupt or not a Paddle file ({type(err).__name__}: {err}). "
-            "Resume from an earlier checkpoint."
-        ) from err
-    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by paddle_dtnh.save_checkpoint.")
-    own, saved = model.state_dict(), blob["model"]
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    mismatched = [f"{k} (model {list(own[k].shape)}, checkpoint {list(saved[k].shape)})"
-                  for k in own if k in saved and list(own[k].shape) != list(saved[k].shape)]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit this model: missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]}, shape mismatch {mismatched[:8]}. Build the same model as when it was saved."
+            f"Checkpoint {path} does not fit this model: {'; '.join(problems[:8])}"
+            f"{' ...' if len(problems) > 8 else ''}. Build the same model as when it was saved."
         )
-    if optimizer is not None and "optimizer" not in blob:
-        raise CheckpointError(f"Checkpoint {path} holds no optimizer state.")
-    model.set_state_dict(saved)
+    if optimizer is not None:
+        if "optimizer" not in blob:
+            raise CheckpointError(f"Checkpoint {path} holds no optimizer state; pass optimizer=None "
+                                  "to restore the model only.")
+        validate = getattr(optimizer, "check_state_dict", None)
+        if validate is not None:
+            try:
+                validate(blob["optimizer"])
+            except (ValueError, TypeError) as err:
+                raise CheckpointError(f"Checkpoint {path}, optimizer part: {err}") from err
+    model.set_state_dict(blob["model"])
     if optimizer is not None:
         optimizer.set_state_dict(blob["optimizer"])
-    return dict(blob.get("extra", {}))
+    extra = blob.get("extra", {})
+    return dict(extra) if isinstance(extra, dict) else {}

@@ -16,10 +16,11 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from . import files
 from .attention import compute_attention
 from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
-from .hub.sources import resnet18_target
+from .architectures import ARCHITECTURES, target_from
 from .optimizer import DTNH
 from .presets import PRESETS
 from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
@@ -105,6 +106,7 @@ def check_methods(names) -> list:
 class RunConfig:
     """Hyper-parameters of one fine-tuning run (defaults: the offline demo)."""
 
+    arch: str = "resnet18"  # a key of paddle_dtnh.architectures.ARCHITECTURES
     iterations: int = 100
     batch_size: int = 20
     per_class: int = 10
@@ -158,15 +160,16 @@ def pretrain_source(
     seed: int = 0,
     data_root: str | None = None,
     progress: bool = True,
+    arch: str = "resnet18",
 ) -> str:
-    """Train paddle.vision's ResNet-18 on ``dataset`` (or reuse the cached result).
+    """Train a network of ``arch`` on ``dataset`` (or reuse the cached result).
 
     The cache file is keyed by every setting, written atomically, and reused
     when it exists. Returns its ``.pdparams`` path; a ``.json`` beside it
     records the settings, the training time and the test accuracy.
     """
     settings = dict(dataset=dataset, image_size=image_size, epochs=epochs, batch_size=batch_size,
-                    lr=lr, max_images=max_images, seed=seed, arch="resnet18")
+                    lr=lr, max_images=max_images, seed=seed, arch=arch)
     path = os.path.join(cache_dir, f"source-{dataset}-{_config_key(settings)}.pdparams")
     if world_size() > 1:  # rank 0 trains and writes the cache; the others then read it
         import paddle.distributed as dist
@@ -192,7 +195,7 @@ def _pretrain(path, settings, data_root, progress):
     x_all = to_tensor_batch(data.train.images[idx], image_size)
     y_all = paddle.to_tensor(data.train.labels[idx])
     paddle.seed(seed)
-    model = paddle.vision.models.resnet18(num_classes=data.num_classes)
+    model = ARCHITECTURES[settings["arch"]].build(data.num_classes)
     steps = epochs * math.ceil(len(idx) / batch_size)
     schedule = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=steps)
     opt = paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=model.parameters(), weight_decay=5e-4)
@@ -212,9 +215,7 @@ def _pretrain(path, settings, data_root, progress):
                 bar.set_postfix(loss=f"{float(loss):.3f}")
     acc = _evaluate(model, to_tensor_batch(data.test.images[:2000], image_size),
                     paddle.to_tensor(data.test.labels[:2000]))[1]
-    tmp = path + ".tmp"
-    paddle.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    files.save(model.state_dict(), path)
     with open(path[: -len(".pdparams")] + ".json", "w") as f:
         json.dump({**settings, "train_seconds": time.time() - start, "test_accuracy": acc}, f, indent=2)
 
@@ -255,14 +256,15 @@ class Recorder(StepLogger):
 
 
 def _build_regularizer(kind, model, source, cfg, target_batches, num_classes, progress):
+    head = [ARCHITECTURES[cfg.arch].head]
     if kind == "l2":
-        return L2(model, alpha=cfg.alpha["l2"], beta=cfg.beta, head=["fc"])
+        return L2(model, alpha=cfg.alpha["l2"], beta=cfg.beta, head=head)
     if kind == "l2sp":
-        return L2SP(model, source, alpha=cfg.alpha["l2sp"], beta=cfg.beta, head=["fc"], strict=False)
+        return L2SP(model, source, alpha=cfg.alpha["l2sp"], beta=cfg.beta, head=head, strict=False)
     if kind == "knowdist":
-        return KnowDist(model, source, head=["fc"])
+        return KnowDist(model, source, head=head)
     attention = compute_attention(source, target_batches, num_classes=num_classes, progress=progress)
-    return DELTA(model, source, alpha=cfg.alpha["delta"], beta=cfg.beta, head=["fc"], attention=attention)
+    return DELTA(model, source, alpha=cfg.alpha["delta"], beta=cfg.beta, head=head, attention=attention)
 
 
 def run_transfer(
@@ -275,7 +277,7 @@ def run_transfer(
     log_dir: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Fine-tune a ResNet-18 from ``source_path`` on a few-shot ``target``.
+    """Fine-tune a network of ``cfg.arch`` from ``source_path`` on a few-shot ``target``.
 
     Returns:
         dict: ``test_accuracy``, ``test_loss`` (final), the curves at every
@@ -298,10 +300,14 @@ def run_transfer(
     test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
             paddle.to_tensor(target.test.labels[: cfg.max_test]))
 
-    state = paddle.load(source_path)
-    source = paddle.vision.models.resnet18(num_classes=state["fc.weight"].shape[1])
+    state = files.read_state_dict(source_path)
+    arch = ARCHITECTURES[cfg.arch]
+    if arch.num_classes(state) is None:
+        raise ValueError(f"{source_path} holds no {arch.name} weights (no {arch.head}.weight); "
+                         f"pass --arch matching the source.")
+    source = arch.build(arch.num_classes(state))
     source.set_state_dict(state)
-    model = resnet18_target(state, target.num_classes)
+    model = target_from(source, target.num_classes)
 
     batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
                for i in range(0, len(train_idx), cfg.batch_size)]

@@ -1,11 +1,7 @@
 """Feature maps of named sublayers, and the frozen source network.
 
-Hooked points of ResNet-18 (paddle.vision's ``resnet18``): the outputs of
-``layer1`` .. ``layer4``, i.e. each stage's last residual block after the
-residual add and ReLU. That is the representation the next stage (and the
-classifier) actually consumes, so the regularizer and DELTA's channel
-attention both speak about the same tensor. (The PyTorch DELTA reference
-hooks the last conv of each stage before BN and the add instead.)
+Which layers are hooked by default is the architecture's business
+(:mod:`paddle_dtnh.architectures`).
 """
 
 from __future__ import annotations
@@ -15,17 +11,7 @@ from collections.abc import Sequence
 
 import paddle
 
-__all__ = ["FeatureCapture", "default_layers", "frozen_copy", "register_default_layers"]
-
-_DEFAULT_LAYERS: dict = {}
-
-
-def register_default_layers(layer_class: type, names: Sequence[str]) -> None:
-    """Declare the layers hooked by default for every model of ``layer_class``."""
-    _DEFAULT_LAYERS[layer_class] = list(names)
-
-
-register_default_layers(paddle.vision.models.ResNet, ["layer1", "layer2", "layer3", "layer4"])
+__all__ = ["FeatureCapture", "default_layers", "frozen_copy"]
 
 
 def default_layers(model: paddle.nn.Layer) -> list:
@@ -35,9 +21,11 @@ def default_layers(model: paddle.nn.Layer) -> list:
         ValueError: the architecture has no default; the message lists the
             model's sublayer names to choose ``layers=`` from.
     """
-    for cls in type(model).__mro__:
-        if cls in _DEFAULT_LAYERS:
-            return list(_DEFAULT_LAYERS[cls])
+    from .architectures import architecture_of
+
+    arch = architecture_of(model)
+    if arch is not None:
+        return list(arch.feature_layers)
     names = [n for n, _ in model.named_sublayers()]
     raise ValueError(
         f"No default feature layers for {type(model).__name__}; pass layers=[...] "

@@ -14,6 +14,7 @@ import paddle.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 import paddle_dtnh.checkpoint as checkpoint  # noqa: E402
+import paddle_dtnh.files as files  # noqa: E402
 from paddle_dtnh import DTNH  # noqa: E402
 from paddle_dtnh.regularizers import L2SP  # noqa: E402
 
@@ -53,7 +54,7 @@ def main():
         x, y = batch(step)
         opt.update(F.cross_entropy(model(x), y))
         if step + 1 == args.kill_while_saving:
-            checkpoint.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+            files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         checkpoint.save_checkpoint(args.ckpt, model, opt, step=step + 1)
         if step + 1 == args.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -73,7 +73,7 @@ def test_loader_reports_the_new_head_and_rejects_other_architectures(tmp_path, i
         np.testing.assert_array_equal(v.numpy(), before[k])
     corrupt = tmp_path / "corrupt.pdparams"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="Cannot read"):
+    with pytest.raises(ValueError, match="corrupt or not a Paddle file"):
         load_resnet18_vd_weights(model, str(corrupt))
 
 

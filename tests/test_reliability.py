@@ -59,7 +59,7 @@ def test_corrupt_and_mismatched_checkpoints_change_nothing(tmp_path):
 
     other = paddle.nn.Sequential(paddle.nn.Linear(3, 5), paddle.nn.Linear(5, 2))
     save_checkpoint(str(tmp_path / "other.ckpt"), other)
-    with pytest.raises(CheckpointError, match=r"shape mismatch \['0.weight \(model \[3, 4\], checkpoint \[3, 5\]\)"):
+    with pytest.raises(CheckpointError, match=r"0.weight: shape \[3, 5\] in the file, \[3, 4\] in the model"):
         load_checkpoint(str(tmp_path / "other.ckpt"), net)
     paddle.save(net.state_dict(), str(tmp_path / "plain.pdparams"))
     with pytest.raises(CheckpointError, match="not a checkpoint written by paddle_dtnh"):

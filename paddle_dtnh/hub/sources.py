@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import paddle
 
-from ..regularizers.base import load_state_dict
-from .resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, load_resnet18_vd_weights
+from ..files import read_state_dict
+from ..architectures import ARCHITECTURES, detect_architecture, target_from
+from ..resnet_vd import WEIGHTS_FILE, LoadReport, load_resnet18_vd_weights
 
-__all__ = ["PretrainedSource", "load_source", "resnet18_target", "RESNET18_VD_URL"]
+__all__ = ["PretrainedSource", "load_source", "RESNET18_VD_URL"]
 
 RESNET18_VD_URL = "https://paddlehub.bj.bcebos.com/dygraph/image_classification/resnet18_vd_imagenet.pdparams"
 
@@ -47,56 +48,32 @@ class PretrainedSource:
     report: LoadReport | None = None
 
 
-def _detect_architecture(state: dict, where: str) -> str:
-    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
-        return "resnet18"
-    if "conv1_1._conv.weight" in state or "conv1_1_weights" in state:
-        return "resnet18_vd"
-    raise ValueError(
-        f"{where} holds weights of an unknown architecture (first keys: {sorted(state)[:6]}). "
-        "Expected paddle.vision's resnet18 or PaddleHub's resnet18_vd_imagenet."
-    )
+def _detect(state: dict, where: str):
+    arch = detect_architecture(state)
+    if arch is None and "conv1_1_weights" in state:  # PaddleHub's older parameter names
+        arch = ARCHITECTURES["resnet18_vd"]
+    if arch is None:
+        raise ValueError(
+            f"{where} holds weights of an unknown architecture (first keys: {sorted(state)[:6]}). "
+            f"Expected one of {sorted(ARCHITECTURES)}."
+        )
+    return arch
 
 
-def resnet18_target(source, num_classes: int) -> paddle.nn.Layer:
-    """A paddle.vision ResNet-18 with every weight of ``source`` (a network
-    or its state dict) but the head ``fc``, and a fresh head of ``num_classes``.
-
-    Examples:
-        .. code-block:: python
-
-            >>> import paddle
-            >>> from paddle_dtnh.hub.sources import resnet18_target
-            >>> model = resnet18_target(paddle.vision.models.resnet18(), num_classes=5)
-            >>> list(model.fc.weight.shape)
-            [512, 5]
-    """
-    state = source.state_dict() if isinstance(source, paddle.nn.Layer) else source
-    model = paddle.vision.models.resnet18(num_classes=num_classes)
-    model.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
-    return model
-
-
-def _vision_resnet18(state: dict | None, num_classes: int) -> PretrainedSource:
-    source_classes = state["fc.weight"].shape[1] if state and "fc.weight" in state else 1000
-    source = paddle.vision.models.resnet18(num_classes=source_classes)
-    if state is not None:
+def _pretrained(arch, state: dict, num_classes: int) -> PretrainedSource:
+    """The source of ``arch`` filled from ``state``, and its target."""
+    legacy_head = "fc_0.w_0" if arch.name == "resnet18_vd" and "fc_0.w_0" in state else None
+    source_classes = arch.num_classes(state) or (legacy_head and int(state[legacy_head].shape[1])) or num_classes
+    source = arch.build(source_classes)
+    report = None
+    if arch.name == "resnet18_vd":  # two key styles and two layouts: the loader accounts for all
+        report = load_resnet18_vd_weights(source, state)
+    else:
         missing = [k for k in source.state_dict() if k not in state]
         if missing:
-            raise ValueError(f"These resnet18 weights lack {missing[:10]}; the file is incomplete.")
+            raise ValueError(f"These {arch.name} weights lack {missing[:10]}; the file is incomplete.")
         source.set_state_dict(state)
-    return PretrainedSource(source, resnet18_target(source, num_classes), ["fc"], "resnet18")
-
-
-def _vd(state: dict, num_classes: int) -> PretrainedSource:
-    structured = "out.weight" in state
-    head_key = "out.weight" if structured else "fc_0.w_0"
-    source_classes = state[head_key].shape[1] if head_key in state else num_classes
-    source = ResNet18VD(num_classes=source_classes)
-    report = load_resnet18_vd_weights(source, state)
-    model = ResNet18VD(num_classes=num_classes)
-    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("out.")})
-    return PretrainedSource(source, model, ["out"], "resnet18_vd", report)
+    return PretrainedSource(source, target_from(source, num_classes), [arch.head], arch.name, report)
 
 
 def _download(url: str, directory: str, what: str, how: str) -> str:
@@ -168,9 +145,9 @@ def load_source(spec: str, num_classes: int, *, module_dir: str | None = None) -
                 f"{err}). This needs internet access once. Offline: download {url} on a connected "
                 "machine and pass its path as the source."
             ) from err
-        return _vision_resnet18(load_state_dict(path), num_classes)
+        return _pretrained(ARCHITECTURES["resnet18"], read_state_dict(path), num_classes)
     if spec == "resnet18_vd_imagenet":
-        return _vd(load_state_dict(_resnet18_vd_weights(module_dir)), num_classes)
+        return _pretrained(ARCHITECTURES["resnet18_vd"], read_state_dict(_resnet18_vd_weights(module_dir)), num_classes)
     if os.path.isdir(spec):
         path = os.path.join(spec, WEIGHTS_FILE)
         if not os.path.isfile(path):
@@ -182,10 +159,7 @@ def load_source(spec: str, num_classes: int, *, module_dir: str | None = None) -
             ".pdparams file or module directory."
         )
     try:
-        state = load_state_dict(spec)
+        state = read_state_dict(spec)
     except (ValueError, TypeError, RuntimeError, OSError) as err:
         raise ValueError(f"Cannot read source weights {spec}: {err}") from err
-    architecture = _detect_architecture(state, spec)
-    if architecture == "resnet18":
-        return _vision_resnet18(state, num_classes)
-    return _vd(state, num_classes)
+    return _pretrained(_detect(state, spec), state, num_classes)

@@ -1,6 +1,6 @@
 """Transfer regularizers :math:`\\Omega(w, w_s)`, each a ``paddle.nn.Layer``."""
 
-from .base import SourceMismatchError, TransferRegularizer, load_state_dict, match_source
+from .base import SourceMismatchError, TransferRegularizer, match_source
 from .feature_maps import DELTA, FeatureMapRegularizer, KnowDist
 from .fisher import estimate_fisher, load_fisher, save_fisher
 from .weight import L1SP, L2, L2SP, GroupLassoSP, L2SPFisher, WeightRegularizer
@@ -10,7 +10,6 @@ __all__ = [
     "WeightRegularizer",
     "SourceMismatchError",
     "match_source",
-    "load_state_dict",
     "L2",
     "L2SP",
     "L1SP",

@@ -3,20 +3,19 @@ matching a target network's parameters against the source network's."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paddle
 
 from .._checks import as_array
+from ..files import read_state_dict
 
 __all__ = [
     "TransferRegularizer",
     "SourceMismatchError",
     "ParamMatch",
     "match_source",
-    "load_state_dict",
 ]
 
 
@@ -70,26 +69,6 @@ class TransferRegularizer(paddle.nn.Layer):
 
         # under data parallelism paddle.grad gives this rank's gradient only
         return all_reduce_mean(paddle.grad(omega, params, retain_graph=True, allow_unused=True))
-
-
-def load_state_dict(source) -> dict:
-    """A source given as a Layer, a state dict or a ``.pdparams`` path, as a
-    dict of name -> Tensor or ndarray."""
-    if isinstance(source, paddle.nn.Layer):
-        return dict(source.state_dict())
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"Source weights file not found: {source}")
-        source = paddle.load(str(source))
-        # PaddleHub's older modules save [state_dict, optimizer_state]
-        if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
-            source = source[0]
-    if not isinstance(source, Mapping):
-        raise TypeError(
-            "source must be a paddle.nn.Layer, a state dict (name -> Tensor) or "
-            f"a path to a .pdparams file, got {type(source).__name__}."
-        )
-    return dict(source)
 
 
 def _shape(value) -> tuple:
@@ -174,7 +153,7 @@ def match_source(
             new=[(n, p) for n, p in trainable if _in_head(n, head)],
         )
 
-    state = load_state_dict(source)
+    state = read_state_dict(source)
     shared, new, missing, mismatched = [], [], [], []
     for name, param in trainable:
         if _in_head(name, head):

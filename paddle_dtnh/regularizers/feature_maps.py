@@ -18,7 +18,8 @@ import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
-from .base import TransferRegularizer, load_state_dict, match_source
+from ..files import read_state_dict
+from .base import TransferRegularizer, match_source
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
 
@@ -28,7 +29,7 @@ def _source_network(model: paddle.nn.Layer, source) -> paddle.nn.Layer:
     copy of ``model``'s architecture loaded with the given weights."""
     if isinstance(source, paddle.nn.Layer):
         return frozen_copy(source)
-    state = load_state_dict(source)
+    state = read_state_dict(source)
     network = frozen_copy(model)
     own = network.state_dict()
     missing = [k for k in own if k not in state]

@@ -14,10 +14,10 @@ and is the practical choice for sources with many classes (ImageNet).
 
 from __future__ import annotations
 
-import os
-
 import paddle
 import paddle.nn.functional as F
+
+from .. import files
 
 __all__ = ["estimate_fisher", "save_fisher", "load_fisher"]
 
@@ -123,20 +123,12 @@ def estimate_fisher(
 
 
 def save_fisher(fisher: dict, path: str) -> None:
-    """Save a Fisher dict (from :func:`estimate_fisher`) to ``path``."""
-    tmp = f"{path}.tmp"
-    paddle.save({"format": _FORMAT, "fisher": dict(fisher)}, tmp)
-    os.replace(tmp, path)
+    """Save a Fisher dict (from :func:`estimate_fisher`) to ``path`` (atomically)."""
+    files.save({"format": _FORMAT, "fisher": dict(fisher)}, path)
 
 
-def load_fisher(path: str) -> dict:
-    """Load a Fisher dict written by :func:`save_fisher`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Fisher file not found: {path}")
-    blob = paddle.load(path)
-    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-        raise ValueError(
-            f"{path} is not a Fisher file written by paddle_dtnh.save_fisher "
-            f"(expected format {_FORMAT!r})."
-        )
-    return blob["fisher"]
+def load_fisher(path: str, *, trusted: bool = False) -> dict:
+    """Load a Fisher dict written by :func:`save_fisher` (no code runs: see
+    :func:`paddle_dtnh.files.load`)."""
+    blob = files.load(path, what="Fisher file", trusted=trusted)
+    return files.check_format(blob, _FORMAT, path, "Fisher file")["fisher"]

@@ -14,7 +14,8 @@ import paddle
 import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
-from paddle_dtnh.hub.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
+from paddle_dtnh.files import read_state_dict
+from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
 
 
 @moduleinfo(
@@ -50,7 +51,7 @@ class ResNet18VDModule(ResNet18VD):
         super(ResNet18VDModule, self).__init__(num_classes=classes)
         self.load_report = None
         if load_checkpoint is not None:
-            self.set_state_dict(paddle.load(load_checkpoint))
+            self.set_state_dict(read_state_dict(load_checkpoint, what="fine-tuned checkpoint"))
             return
         weights = weights or os.path.join(self.directory, WEIGHTS_FILE)
         if os.path.isfile(weights):

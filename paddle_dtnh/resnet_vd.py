@@ -13,16 +13,15 @@ down-sampling shortcuts a 2x2 average pool before the 1x1 conv.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import pickle
 from dataclasses import dataclass, field
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..attention import register_stages
-from ..features import register_default_layers
+from .files import read_state_dict
+
 
 __all__ = ["ResNet18VD", "LoadReport", "legacy_names", "load_resnet18_vd_weights", "WEIGHTS_FILE"]
 
@@ -76,7 +75,7 @@ class ResNet18VD(nn.Layer):
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.hub import ResNet18VD
+            >>> from paddle_dtnh.resnet_vd import ResNet18VD
             >>> net = ResNet18VD(num_classes=5)
             >>> list(net(paddle.randn([1, 3, 32, 32])).shape)
             [1, 5]
@@ -126,17 +125,6 @@ class ResNet18VD(nn.Layer):
         return self.out(self.features(x))
 
 
-def _stages(model: ResNet18VD):
-    return [("stem", model.stem)] + [(f"bb_{i}_1", model.stage(i)) for i in range(4)] + [
-        ("pool", lambda x: paddle.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-    ]
-
-
-# the output of each stage's last block, as for paddle.vision's ResNet
-register_default_layers(ResNet18VD, [f"bb_{i}_1" for i in range(4)])
-register_stages(ResNet18VD, _stages)
-
-
 def legacy_names(model: ResNet18VD) -> dict:
     """Structured name -> PaddleHub's parameter name (older weight files)."""
     names = {"out.weight": "fc_0.w_0", "out.bias": "fc_0.b_0"}
@@ -175,24 +163,14 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _read_state(path_or_state) -> dict:
-    if isinstance(path_or_state, Mapping):
-        return dict(path_or_state)
-    path = os.fspath(path_or_state)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ResNet-18-vd weights not found: {path}")
+def _read_state(path_or_state, trusted=False) -> dict:
     try:
-        blob = paddle.load(path)
-    except Exception as err:  # paddle raises several types for a bad file
-        raise ValueError(f"Cannot read {path} as Paddle weights ({type(err).__name__}: {err}).") from err
-    if isinstance(blob, (list, tuple)) and blob and isinstance(blob[0], Mapping):
-        blob = blob[0]  # PaddleHub's [state_dict, optimizer_state] layout
-    if not isinstance(blob, Mapping):
-        raise ValueError(f"{path} holds a {type(blob).__name__}, not a state dict.")
-    return dict(blob)
+        return read_state_dict(path_or_state, what="ResNet-18-vd weights", trusted=trusted)
+    except (TypeError, pickle.UnpicklingError) as err:
+        raise ValueError(str(err)) from err
 
 
-def load_resnet18_vd_weights(model: ResNet18VD, weights, *, head: str = "out") -> LoadReport:
+def load_resnet18_vd_weights(model: ResNet18VD, weights, *, head: str = "out", trusted: bool = False) -> LoadReport:
     """Fill ``model`` from PaddleHub ``resnet18_vd_imagenet`` weights.
 
     Every tensor is accounted for: the returned :class:`LoadReport` lists
@@ -205,11 +183,13 @@ def load_resnet18_vd_weights(model: ResNet18VD, weights, *, head: str = "out") -
         weights (str|dict): a ``.pdparams`` path (dict or ``[state_dict, None]``
             layout, structured or legacy parameter-name keys) or a state dict.
         head (str, optional): prefix of the head's tensors. Default: "out".
+        trusted (bool, optional): read the file with full pickle (see
+            :func:`paddle_dtnh.files.load`). Default: False.
 
     Returns:
         LoadReport: the account of every tensor.
     """
-    state = _read_state(weights)
+    state = _read_state(weights, trusted)
     own = model.state_dict()
     legacy = legacy_names(model)
     structured = sum(k in state for k in own)

@@ -1,0 +1,148 @@
+"""What the library knows about each supported network, in one place.
+
+An :class:`Architecture` names the feature layers the feature-map
+regularizers hook, the stage split DELTA's attention ablates, the new head's
+prefix, how to build the network, and how to recognise its weights. Every
+other module asks :func:`architecture_of` (a network) or
+:func:`detect_architecture` (a state dict). Adding a network is one
+:func:`register` call.
+
+Hooked feature layers: the output of each stage's last residual block, after
+the residual add and ReLU: the tensor the next stage (and the classifier)
+consumes, so the regularizer and the attention speak about the same tensor.
+(The PyTorch DELTA reference hooks the last conv of each stage before BN
+and the add instead.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import paddle
+
+from .resnet_vd import ResNet18VD
+
+__all__ = ["Architecture", "ARCHITECTURES", "register", "architecture_of", "detect_architecture", "target_from"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One supported network.
+
+    Attributes:
+        name (str): the registry key (``--arch`` on the command line).
+        layer_class (type): the ``paddle.nn.Layer`` class of its networks.
+        build (callable): ``num_classes -> network`` with random weights.
+        head (str): name prefix of the classifier (the new head of a target).
+        feature_layers (tuple): sublayers hooked by KnowDist and DELTA.
+        stages (callable): ``network -> [(name, callable), ...]`` composing
+            image batch -> pooled features (DELTA's attention ablates them).
+        marker_keys (tuple): state-dict keys that identify its weights.
+    """
+
+    name: str
+    layer_class: type
+    build: Callable
+    head: str
+    feature_layers: tuple
+    stages: Callable
+    marker_keys: tuple
+
+    def num_classes(self, state: Mapping) -> int | None:
+        """Classes of the head stored in ``state`` (None if absent)."""
+        weight = state.get(f"{self.head}.weight")
+        return None if weight is None else int(weight.shape[1])
+
+
+def _resnet_stages(model):
+    def stem(x):
+        return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+
+    def pool(x):
+        return paddle.flatten(model.avgpool(x), 1)
+
+    stages = [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)]
+    return [("stem", stem)] + stages + [("pool", pool)]
+
+
+def _resnet_vd_stages(model):
+    def pool(x):
+        return paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    return [("stem", model.stem)] + [(f"bb_{i}_1", model.stage(i)) for i in range(4)] + [("pool", pool)]
+
+
+#: every supported network, by name
+ARCHITECTURES: dict = {}
+
+
+def register(architecture: Architecture) -> None:
+    """Add a network to :data:`ARCHITECTURES` (its name must be new)."""
+    if architecture.name in ARCHITECTURES:
+        raise ValueError(f"Architecture {architecture.name!r} is already registered.")
+    ARCHITECTURES[architecture.name] = architecture
+
+
+register(Architecture(
+    name="resnet18", layer_class=paddle.vision.models.ResNet,
+    build=lambda num_classes: paddle.vision.models.resnet18(num_classes=num_classes),
+    head="fc", feature_layers=("layer1", "layer2", "layer3", "layer4"), stages=_resnet_stages,
+    marker_keys=("conv1.weight", "layer1.0.conv1.weight"),
+))
+register(Architecture(
+    name="resnet18_vd", layer_class=ResNet18VD, build=lambda num_classes: ResNet18VD(num_classes=num_classes),
+    head="out", feature_layers=tuple(f"bb_{i}_1" for i in range(4)), stages=_resnet_vd_stages,
+    marker_keys=("conv1_1._conv.weight",),
+))
+
+
+def architecture_of(model: paddle.nn.Layer) -> Architecture | None:
+    """The registered architecture of ``model`` (by class), or None.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.architectures import architecture_of
+            >>> architecture_of(paddle.vision.models.resnet18()).head
+            'fc'
+    """
+    for cls in type(model).__mro__:
+        for arch in ARCHITECTURES.values():
+            if arch.layer_class is cls:
+                return arch
+    return None
+
+
+def detect_architecture(state: Mapping) -> Architecture | None:
+    """The registered architecture whose weights ``state`` holds, or None."""
+    for arch in ARCHITECTURES.values():
+        if all(k in state for k in arch.marker_keys):
+            return arch
+    return None
+
+
+def target_from(source: paddle.nn.Layer, num_classes: int) -> paddle.nn.Layer:
+    """A network of ``source``'s architecture with every weight of ``source``
+    but the head, and a fresh head of ``num_classes``.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.architectures import target_from
+            >>> model = target_from(paddle.vision.models.resnet18(), num_classes=5)
+            >>> list(model.fc.weight.shape)
+            [512, 5]
+    """
+    arch = architecture_of(source)
+    if arch is None:
+        raise ValueError(
+            f"No registered architecture for {type(source).__name__}; known: {sorted(ARCHITECTURES)}. "
+            "Register it with paddle_dtnh.architectures.register()."
+        )
+    model = arch.build(num_classes)
+    prefix = arch.head + "."
+    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith(prefix)})
+    return model
