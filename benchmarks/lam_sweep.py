@@ -30,6 +30,7 @@ import numpy as np
 
 
 def parse_args(argv=None):
+    from paddle_dtnh.architectures import ARCHITECTURES
     from paddle_dtnh.experiment import CONFLICT_RULES, REGULARIZERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--rules", nargs="+", default=["paper", "never_hurt"], choices=list(CONFLICT_RULES),
                    help="DTNH conflict rules to run beside vanilla (default: paper never_hurt)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18", help="network (default: resnet18)")
     p.add_argument("--iterations", type=int, default=60, help="steps per run (default: 60)")
     p.add_argument("--max-test", type=int, default=500, help="test images evaluated (default: 500)")
     p.add_argument("--output", default="output/lam_sweep", help="default: output/lam_sweep")
@@ -80,7 +82,7 @@ def grid(args):
 def config(args, reg, lam):
     from paddle_dtnh.experiment import RunConfig
 
-    cfg = RunConfig(iterations=args.iterations, eval_interval=args.iterations, stats_interval=5,
+    cfg = RunConfig(arch=args.arch, iterations=args.iterations, eval_interval=args.iterations, stats_interval=5,
                     max_test=args.max_test)
     if lam is not None:
         cfg.lam[reg] = lam
@@ -199,7 +201,8 @@ def main(argv=None):
     store = RunStore(os.path.join(args.output, "runs.jsonl"))
     cells = grid(args)
     # the key holds the rule's options, so redefining a preset never reuses stale runs
-    keyed = [(cell, store.key(*cell, method_spec(cell[3]).dtnh_options, args.iterations, args.max_test))
+    keyed = [(cell, store.key(*cell, method_spec(cell[3]).dtnh_options, args.iterations, args.max_test,
+                              *([args.arch] if args.arch != "resnet18" else [])))
              for cell in cells]
     todo = [(cell, key) for cell, key in keyed if key not in store.runs]
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already done", flush=True)
@@ -208,7 +211,8 @@ def main(argv=None):
     for i, ((pair, reg, lam, method, seed), key) in enumerate([] if args.report_only else todo, 1):
         source, target = pair.split(":")
         if source not in sources:
-            sources[source] = pretrain_source(source, cache_dir=args.cache, progress=not args.no_progress)
+            sources[source] = pretrain_source(source, cache_dir=args.cache, progress=not args.no_progress,
+                                              arch=args.arch)
         if target not in targets:
             targets[target] = load_dataset(target)
         result = run_transfer(method, sources[source], targets[target], config(args, reg, lam), seed=seed,

@@ -39,6 +39,7 @@ def parse_args(argv=None):
                              f"(default: {' '.join(METHODS)})")
     parser.add_argument("--attention-batch", type=int, default=8,
                         help="images in the attention comparison; 0 skips it (default: 8)")
+    parser.add_argument("--arch", default="resnet18", help="resnet18 or resnet18_vd (default: resnet18)")
     parser.add_argument("--device", default=None, help="cpu or gpu (default: Paddle's current device)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
@@ -48,12 +49,12 @@ def parse_args(argv=None):
 def _setup(args):
     import paddle
 
-    from paddle_dtnh.architectures import target_from
+    from paddle_dtnh.architectures import ARCHITECTURES, target_from
 
     if args.device:
         paddle.set_device(args.device)
     paddle.seed(0)
-    source = paddle.vision.models.resnet18(num_classes=1000)
+    source = ARCHITECTURES[args.arch].build(1000)
     model = target_from(source, num_classes=10)
     x = paddle.randn([args.batch_size, 3, args.image_size, args.image_size])
     y = paddle.randint(0, 10, [args.batch_size])
@@ -71,18 +72,19 @@ def build_step(args, name, paddle, source, x, y):
     import paddle.nn.functional as F
 
     from paddle_dtnh import DTNH
-    from paddle_dtnh.architectures import target_from
+    from paddle_dtnh.architectures import architecture_of, target_from
     from paddle_dtnh.experiment import method_spec
     from paddle_dtnh.regularizers import DELTA, L2, L2SP, KnowDist
 
     paddle.seed(0)
     model = target_from(source, num_classes=10)
     spec = method_spec(name)
+    head = [architecture_of(model).head]
     regularizers = {
-        "l2": lambda: L2(model, alpha=0.01, beta=0.01, head=["fc"]),
-        "l2sp": lambda: L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"]),
-        "knowdist": lambda: KnowDist(model, source, head=["fc"]),
-        "delta": lambda: DELTA(model, source, alpha=0.01, beta=0.01, head=["fc"]),
+        "l2": lambda: L2(model, alpha=0.01, beta=0.01, head=head),
+        "l2sp": lambda: L2SP(model, source, alpha=0.1, beta=0.01, head=head),
+        "knowdist": lambda: KnowDist(model, source, head=head),
+        "delta": lambda: DELTA(model, source, alpha=0.01, beta=0.01, head=head),
     }
     reg = regularizers[spec.regularizer]()
     inner = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
@@ -162,7 +164,7 @@ def main(argv=None):
         results[name] = {"step_ms": step_ms, **results[name]}
     attention = time_attention(args) if args.attention_batch > 0 else None
     config = {
-        "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
+        "arch": args.arch, "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
         "warmup": args.warmup, "attention_batch": args.attention_batch,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.machine(),
         "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -46,7 +46,10 @@ def parse_args(argv=None):
     from paddle_dtnh.experiment import METHODS, check_methods
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from paddle_dtnh.architectures import ARCHITECTURES
+
     p.add_argument("--preset", choices=list(PRESETS), default="offline", help="default: offline")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18", help="network (default: resnet18)")
     p.add_argument("--sources", nargs="+", default=["mnist5k", "fashion-mnist"],
                    help="datasets to pretrain a source on, 'imagenet' (paddle.vision weights), "
                         "or .pdparams paths (default: mnist5k fashion-mnist)")
@@ -83,7 +86,7 @@ def parse_args(argv=None):
 def build_config(args):
     from paddle_dtnh.experiment import RunConfig
 
-    cfg = RunConfig(**PRESETS[args.preset])
+    cfg = RunConfig(arch=args.arch, **PRESETS[args.preset])
     for field in ("iterations", "per_class", "batch_size", "image_size"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
@@ -101,16 +104,15 @@ def resolve_source(name, args, image_size):
 
     if name in DATASETS:
         return pretrain_source(name, cache_dir=args.cache, image_size=image_size, data_root=args.source_root,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, arch=args.arch)
     if name == "imagenet":
-        import paddle
-
+        from paddle_dtnh import files
         from paddle_dtnh.hub import load_source
 
-        path = os.path.join(args.cache, "source-imagenet-resnet18.pdparams")
+        path = os.path.join(args.cache, f"source-imagenet-{args.arch}.pdparams")
         if not os.path.isfile(path):
-            os.makedirs(args.cache, exist_ok=True)
-            paddle.save(load_source("resnet18", num_classes=1000).source.state_dict(), path)
+            spec = {"resnet18": "resnet18", "resnet18_vd": "resnet18_vd_imagenet"}[args.arch]
+            files.save(load_source(spec, num_classes=1000).source.state_dict(), path)
         return path
     if os.path.isfile(name):
         return name

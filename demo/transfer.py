@@ -24,6 +24,7 @@ import numpy as np
 
 
 def parse_args(argv=None):
+    from paddle_dtnh.architectures import ARCHITECTURES
     from paddle_dtnh.data import DATASETS
     from paddle_dtnh.experiment import CONFLICT_RULES, METHODS, RunConfig, check_methods
 
@@ -33,8 +34,10 @@ def parse_args(argv=None):
                                 epilog=f"datasets: {datasets}")
     p.add_argument("--source", default="mnist5k", choices=list(DATASETS),
                    help="dataset the source ResNet-18 is pretrained on (default: mnist5k)")
+    p.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES),
+                   help=f"network: resnet18 (paddle.vision) or resnet18_vd (PaddleHub's) (default: {d.arch})")
     p.add_argument("--source-weights", metavar="PDPARAMS",
-                   help="use these paddle.vision resnet18 weights as the source instead of pretraining")
+                   help="use these weights (of --arch) as the source instead of pretraining")
     p.add_argument("--target", default="digits", choices=list(DATASETS), help="target dataset (default: digits)")
     p.add_argument("--source-root", help="folder of the source dataset's files, if not the default")
     p.add_argument("--target-root", help="folder of the target dataset's files, if not the default")
@@ -75,7 +78,7 @@ def parse_args(argv=None):
 def config_from(args):
     from paddle_dtnh.experiment import RunConfig
 
-    cfg = RunConfig(iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
+    cfg = RunConfig(arch=args.arch, iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
                     image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay)
     if args.lam is not None:
         cfg.lam = {k: args.lam for k in cfg.lam}
@@ -171,8 +174,8 @@ def main(argv=None):
         source_path = args.source_weights
     else:
         if lead:
-            print(f"source: ResNet-18 pretrained on {args.source} (cached in {args.cache})", flush=True)
-        source_path = pretrain_source(args.source, cache_dir=args.cache, image_size=args.image_size,
+            print(f"source: {args.arch} pretrained on {args.source} (cached in {args.cache})", flush=True)
+        source_path = pretrain_source(args.source, cache_dir=args.cache, image_size=args.image_size, arch=args.arch,
                                       epochs=args.source_epochs, max_images=args.source_images,
                                       data_root=args.source_root, progress=progress)
     target = load_dataset(args.target, root=args.target_root, download=args.download)

@@ -56,10 +56,15 @@ RULES = ("project", "drop")
 _RAD_TO_DEG = 180.0 / math.pi
 
 
+def _scalar(value: float, like: paddle.Tensor, dtype=None) -> paddle.Tensor:
+    """A 0-d constant on ``like``'s place (a GPU step never mixes places)."""
+    return paddle.to_tensor(value, dtype=dtype or like.dtype, place=like.place)
+
+
 def _dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor):
     """Inner product as a 0-d tensor; a ``None`` side counts as zero."""
     if a is None or b is None:
-        return paddle.zeros([], dtype=like.dtype)
+        return _scalar(0.0, like)
     return paddle.sum(a * b)
 
 
@@ -220,7 +225,7 @@ def dtnh_direction(
     inner = _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) if with_stats else None
     masks = None
     if not project:
-        gO_kept = {"keep": paddle.ones([], dtype=like.dtype)}
+        gO_kept = {"keep": _scalar(1.0, like)}
     elif granularity == "coordinate":
         masks = [None if r is None or o is None else (r * o >= 0).astype(o.dtype)
                  for r, o in zip(ref, reg_grads)]
@@ -281,7 +286,7 @@ def _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) -> dict
 def _masked_stats(task_grads, reg_grads, masks, like) -> dict:
     """Per tensor <mask*gO, gJ>, ||mask*gO||^2, conflicting and judged coordinates."""
     pj, po, conflicts, sizes = [], [], [], []
-    zero = paddle.zeros([], dtype=like.dtype)
+    zero = _scalar(0.0, like)
     for gj, go, mask in zip(task_grads, reg_grads, masks):
         if go is None or mask is None:
             pj.append(zero if go is None or gj is None else paddle.sum(go * gj))
@@ -353,10 +358,13 @@ def direction_stats(inner: dict, gO_kept: dict, lam: float, *, granularity="glob
     Returns:
         dict: 0-d tensors ``task_grad_norm``, ``reg_grad_norm``,
         ``direction_norm``, ``cos_task_reg``, ``conflict_fraction`` (share of
-        parameter tensors whose own :math:`\langle g_J, g_\Omegaangle` is
+        parameter tensors whose own :math:`\langle g_J, g_\Omega
+angle` is
         negative), ``blocks_in_conflict`` (share of the rule's blocks in
         conflict with its reference), ``reg_removed`` (:math:`\lVert g_\Omega
-        - g'_\OmegaVert / \lVert g_\OmegaVert`), and the paper's angles in
+        - g'_\Omega
+Vert / \lVert g_\Omega
+Vert`), and the paper's angles in
         degrees: ``angle1`` = ∠(d, gJ), ``angle2`` = ∠(d, gO), ``angle3`` =
         ∠(gJ + λgO, gJ), ``angle4`` = ∠(gJ + λgO, gO).
 
@@ -392,7 +400,7 @@ def direction_stats(inner: dict, gO_kept: dict, lam: float, *, granularity="glob
     v_j = sum_jj + lam * sum_jo
     v_o = sum_jo + lam * sum_oo
     v_v = sum_jj + 2.0 * lam * sum_jo + lam * lam * sum_oo
-    one = paddle.ones([], dtype="float64")
+    one = _scalar(1.0, jj, "float64")
     in_plane = granularity == "global" and batch_reference and "masks" not in gO_kept
     if in_plane:  # d = a gJ + y gO: exact in-plane angles
         if "coef" in gO_kept:

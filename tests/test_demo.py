@@ -100,3 +100,17 @@ def test_transfer_matrix_resumes_and_writes_its_tables(tiny_source, tmp_path):
     assert "| DTNH (L2-SP) |" in table and "DTNH - vanilla (points)" in table
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert sorted(r["method"] for r in runs) == ["dtnh_l2sp", "l2sp"]
+
+
+def test_the_paddlehub_network_runs_through_the_harness(tmp_path):
+    """--arch resnet18_vd: pretraining, KnowDist's default layers and DTNH."""
+    path = pretrain_source("digits", cache_dir=str(tmp_path), image_size=16, max_images=32, batch_size=32,
+                           progress=False, arch="resnet18_vd")
+    cfg = RunConfig(arch="resnet18_vd", iterations=2, batch_size=8, per_class=2, image_size=16,
+                    eval_interval=2, stats_interval=1, max_test=20)
+    for method in ("dtnh_l2sp@never_hurt", "dtnh_knowdist"):
+        result = run_transfer(method, path, load_dataset("digits"), cfg, seed=0, progress=False)
+        assert result["diagnostics"]["step"] == [1, 2]
+    wrong = RunConfig(arch="resnet18", iterations=1, batch_size=8, per_class=2, image_size=16, max_test=20)
+    with pytest.raises(ValueError, match="holds no resnet18 weights"):
+        run_transfer("l2sp", path, load_dataset("digits"), wrong, seed=0, progress=False)

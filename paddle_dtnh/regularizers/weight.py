@@ -91,8 +91,8 @@ class WeightRegularizer(TransferRegularizer):
     def forward(self) -> paddle.Tensor:
         terms = [self.alpha * self._penalty(i, p, r) for i, (_, p, r) in enumerate(self._shared)]
         terms += [0.5 * self.beta * paddle.sum(p * p) for _, p in self._new]
-        if not terms:
-            return paddle.zeros([])
+        if not terms:  # nothing to regularize: a constant zero
+            return paddle.to_tensor(0.0)
         return paddle.add_n(terms)
 
     @paddle.no_grad()

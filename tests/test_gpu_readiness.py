@@ -1,0 +1,98 @@
+"""The GPU promise, tested where it can be on a CPU-only machine: one DTNH
+step makes exactly one host round trip (the finiteness check), and creates no
+tensor on Paddle's default place instead of the parameters'."""
+
+import contextlib
+
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddle_dtnh import DTNH
+from paddle_dtnh.stats import StepLogger
+from tests.test_contract import KINDS, build, pair
+
+ROUND_TRIPS = ("numpy", "item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+CREATORS = ("zeros", "ones", "full", "eye", "arange", "empty")
+
+
+@contextlib.contextmanager
+def watch():
+    """Count outermost host reads of tensors, and creations without a place."""
+    seen = {"round_trips": [], "placeless": []}
+    depth = [0]
+    originals = {name: getattr(paddle.Tensor, name) for name in ROUND_TRIPS}
+    creators = {name: getattr(paddle, name) for name in CREATORS}
+    to_tensor = paddle.to_tensor
+
+    def reader(name, original):
+        def read(self, *args, **kwargs):
+            if depth[0] == 0:
+                seen["round_trips"].append(name)
+            depth[0] += 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return read
+
+    def creator(name, original):
+        def create(*args, **kwargs):
+            seen["placeless"].append(f"paddle.{name}")
+            return original(*args, **kwargs)
+        return create
+
+    def placed_to_tensor(data, *args, **kwargs):
+        if "place" not in kwargs and not isinstance(data, paddle.Tensor):
+            seen["placeless"].append("paddle.to_tensor without place=")
+        return to_tensor(data, *args, **kwargs)
+
+    for name, original in originals.items():
+        setattr(paddle.Tensor, name, reader(name, original))
+    for name, original in creators.items():
+        setattr(paddle, name, creator(name, original))
+    paddle.to_tensor = placed_to_tensor
+    try:
+        yield seen
+    finally:
+        for name, original in originals.items():
+            setattr(paddle.Tensor, name, original)
+        for name, original in creators.items():
+            setattr(paddle, name, original)
+        paddle.to_tensor = to_tensor
+
+
+class EveryOther(StepLogger):
+    """Asks for diagnostics on even steps only: step 1 is a non-logging step."""
+
+    def wants_stats(self, step):
+        return step % 2 == 0
+
+
+OPTIONS = [dict(preset="paper"), dict(granularity="layer"), dict(preset="never_hurt"),
+           dict(granularity="coordinate", reference="ema"), dict(project=False)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["explicit", "hook"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
+@pytest.mark.parametrize("logger", [None, EveryOther()], ids=["no-logger", "non-logging-step"])
+def test_one_step_makes_one_host_round_trip(kind, mode, options, logger):
+    source, model = pair()
+    reg = build(kind, model, source)
+    opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()), reg, lam=1.0,
+               logger=logger, **options)
+    x, y = paddle.randn([4, 2, 5, 5]), paddle.to_tensor([0, 1, 2, 0])
+    with watch() as seen:
+        out, omega = reg.run(x)
+        loss = F.cross_entropy(out, y)
+        if mode == "explicit":
+            opt.update(loss, omega)
+        else:
+            opt.regularize(omega)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+    assert seen["round_trips"] == ["__bool__"], seen["round_trips"]
+    assert not seen["placeless"], seen["placeless"]
+    assert opt.num_steps == 1
