@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import paddle
 
-__all__ = ["UnsafeFileError", "save", "load", "check_format", "read_state_dict", "stale_temporaries"]
+__all__ = ["UnsafeFileError", "save", "load", "check_format", "read_state_dict", "stale_temporaries", "to_tensors"]
 
 #: (module, name) pairs a state-dict pickle may reference
 _ALLOWED = {
@@ -134,8 +134,9 @@ def _is_saved_tensor(obj) -> bool:
     return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray)
 
 
-def _to_tensors(obj):
-    """NumPy arrays -> Paddle tensors, recursively (as ``paddle.load`` does)."""
+def to_tensors(obj):
+    """NumPy arrays (bare, or as ``paddle.save`` nests them: ``(name, ndarray)``)
+    -> Paddle tensors, recursively, as ``paddle.load`` gives them."""
     if _is_saved_tensor(obj):
         obj = obj[1]
     if isinstance(obj, np.ndarray):
@@ -143,9 +144,9 @@ def _to_tensors(obj):
             raise UnsafeFileError("an array of Python objects is not a tensor")
         return paddle.to_tensor(obj)
     if isinstance(obj, Mapping):
-        return type(obj)((k, _to_tensors(v)) for k, v in obj.items() if k != _PADDLE_NAME_MAP)
+        return type(obj)((k, to_tensors(v)) for k, v in obj.items() if k != _PADDLE_NAME_MAP)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_tensors(v) for v in obj)
+        return type(obj)(to_tensors(v) for v in obj)
     return obj
 
 
@@ -173,7 +174,7 @@ def load(path: str, *, what: str = "file", trusted: bool = False):
         return paddle.load(path)
     try:
         with open(path, "rb") as f:
-            return _to_tensors(_StateDictUnpickler(f, path).load())
+            return to_tensors(_StateDictUnpickler(f, path).load())
     except UnsafeFileError as err:
         raise UnsafeFileError(f"{_cap(what)} {path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,

@@ -21,6 +21,7 @@ import warnings
 
 import paddle
 
+from . import files
 from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
 from .distributed import all_reduce_mean
 from .presets import resolve_preset
@@ -43,6 +44,20 @@ REFERENCES = ("batch", "ema")
 
 _STATE_KEY = "dtnh"
 _INNER_KEY = "optimizer"
+_INNER_FORMAT = "paddle_dtnh.optimizer/2"
+#: entries of a Paddle optimizer's state dict that are not accumulators
+_INNER_EXTRAS = ("LR_Scheduler", "master_weights")
+
+
+def _tensor_problems(label: str, value, like) -> list:
+    """What is wrong with a saved tensor that must match ``like`` (empty: nothing)."""
+    if not isinstance(value, paddle.Tensor):
+        return [f"{label} is a {type(value).__name__}, not a tensor"]
+    if list(value.shape) != list(like.shape):
+        return [f"{label}: shape {list(value.shape)} saved, {list(like.shape)} expected"]
+    if value.dtype != like.dtype:
+        return [f"{label}: dtype {value.dtype} saved, {like.dtype} expected"]
+    return []
 
 
 def _optimizer_parameters(optimizer) -> list:
@@ -69,6 +84,13 @@ def _coupled_weight_decay(optimizer):
     if coeff:
         return f"L2Decay({coeff})"
     return None
+
+
+def _stable_names(params, model) -> list:
+    """A name per parameter that does not depend on creation order: the
+    model's structured name, else the parameter's position ("#3")."""
+    named = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
 
 
 def _all_finite(tensors) -> paddle.Tensor:
@@ -139,6 +161,11 @@ class DTNH:
             step's stats; the diagnostics are computed on its logging steps
             only. Default: None.
         eps (float, optional): floor of :math:`\lVert r_b\rVert^2`, > 0. Default: 1e-20.
+        model (paddle.nn.Layer, optional): the network being trained. Its
+            structured parameter names (``layer1.0.conv1.weight``) key the
+            optimizer state in :meth:`state_dict`, so a checkpoint resumes
+            whatever order the layers were created in. Default: the
+            regularizer's model; without either, the parameters' positions.
 
     Examples:
         .. code-block:: python
@@ -179,6 +206,7 @@ class DTNH:
         track_stats: bool = False,
         logger=None,
         eps: float = 1e-20,
+        model: paddle.nn.Layer | None = None,
     ):
         options = resolve_preset(preset, granularity=granularity, rule=rule, reference=reference)
         check_choice("granularity", options["granularity"], GRANULARITIES)
@@ -194,6 +222,8 @@ class DTNH:
 
         self._inner = optimizer
         self._params = params
+        model = model if model is not None else getattr(regularizer, "model", None)
+        self._names = _stable_names(params, model)
         self.regularizer = regularizer
         self.lam0 = check_nonnegative("lam", lam)
         self.lam_decay = check_ratio("lam_decay", lam_decay)
@@ -453,6 +483,11 @@ class DTNH:
         return list(self._params)
 
     @property
+    def _name(self):
+        """The inner optimizer's name (``paddle.Model.load`` reads it)."""
+        return getattr(self._inner, "_name", None)
+
+    @property
     def _learning_rate(self):
         return self._inner._learning_rate
 
@@ -481,40 +516,107 @@ class DTNH:
                 "rule": self.rule, "reference": self.reference, "ema_decay": self.ema_decay,
                 "project": self.project}
 
+    def _inner_state(self) -> dict:
+        """The inner optimizer's state keyed by stable parameter names."""
+        by_param = {p.name: name for p, name in zip(self._params, self._names)}
+        accumulators, generated = {}, set()
+        for acc, per_param in self._inner._accumulators.items():
+            for param_name, var in per_param.items():
+                accumulators.setdefault(by_param[param_name], {})[acc] = var
+                generated.add(var.name)
+        other = {k: v for k, v in self._inner.state_dict().items() if k not in generated}
+        return {"format": _INNER_FORMAT, "accumulators": accumulators, "other": other}
+
     def state_dict(self) -> dict:
-        """The inner optimizer's state under ``"optimizer"``, DTNH's under ``"dtnh"``
-        (counters, configuration, and the moving average of ``reference="ema"``)."""
+        """The inner optimizer's state under ``"optimizer"`` (accumulators keyed
+        by the model's structured parameter names, so resuming never depends
+        on the order layers were created in), DTNH's under ``"dtnh"``
+        (counters, configuration, the moving average of ``reference="ema"``)."""
         return {
-            _INNER_KEY: self._inner.state_dict(),
+            _INNER_KEY: self._inner_state(),
             _STATE_KEY: {
                 "num_steps": self.num_steps,
                 "skipped_steps": self.skipped_steps,
                 "epoch": self._epoch,
-                "ema": [self._ema.get(id(p)) for p in self._params],
+                "ema": {name: self._ema[id(p)] for p, name in zip(self._params, self._names)
+                        if id(p) in self._ema},
                 **self._config(),
             },
         }
 
-    def set_state_dict(self, state_dict: dict) -> None:
-        """Load a state saved by :meth:`state_dict`, or by the bare inner optimizer."""
+    def check_state_dict(self, state_dict) -> None:
+        """Raise ValueError (naming the item and the fix) unless ``state_dict``
+        fits this optimizer; nothing is changed."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
+        state_dict = files.to_tensors(state_dict)  # paddle.Model.load leaves (name, ndarray) pairs
         if _STATE_KEY not in state_dict:
-            # a checkpoint of the bare inner optimizer: DTNH starts its counters fresh
-            self._inner.set_state_dict(state_dict)
+            self._check_bare_inner(state_dict)
             return
-        ours = state_dict[_STATE_KEY]
-        missing = {"num_steps", "skipped_steps", "epoch"} - set(ours)
-        if missing or _INNER_KEY not in state_dict:
+        ours, inner = state_dict[_STATE_KEY], state_dict.get(_INNER_KEY)
+        missing = {"num_steps", "skipped_steps", "epoch"} - set(ours if isinstance(ours, dict) else {})
+        if missing or not isinstance(inner, dict):
+            raise ValueError(f"Corrupt DTNH state_dict: missing {sorted(missing) or [_INNER_KEY]}.")
+        if inner.get("format") != _INNER_FORMAT:
             raise ValueError(
-                f"Corrupt DTNH state_dict: missing {sorted(missing) or [_INNER_KEY]}."
+                f"The optimizer state has format {inner.get('format')!r}, not {_INNER_FORMAT!r}: it was "
+                "saved by an older paddle_dtnh, whose state is keyed by generated names; restart the "
+                "optimizer state or load it into the bare inner optimizer."
             )
-        ema = ours.get("ema") or []
-        if ema and len(ema) != len(self._params):
+        params = dict(zip(self._names, self._params))
+        problems = []
+        saved = inner.get("accumulators", {})
+        expected = self._accumulator_vars() if saved else {}
+        found = set()
+        for name, per_acc in saved.items():
+            if name not in params:
+                problems.append(f"optimizer: {name} is not a parameter of this optimizer")
+                continue
+            for acc, tensor in per_acc.items():
+                found.add((name, acc))
+                var = expected.get((name, acc))
+                if var is None:
+                    problems.append(f"optimizer: {type(self._inner).__name__} keeps no {acc} for {name} "
+                                    "(saved by another kind of optimizer?)")
+                else:
+                    problems += _tensor_problems(f"optimizer: {name} ({acc})", tensor, var)
+        problems += [f"optimizer: {acc} of {name} is missing" for name, acc in expected if (name, acc) not in found]
+        for name, tensor in ours.get("ema", {}).items():
+            if name not in params:
+                problems.append(f"moving average: {name} is not a parameter of this optimizer")
+            else:
+                problems += _tensor_problems(f"moving average: {name}", tensor, params[name])
+        if problems:
             raise ValueError(
-                f"The saved moving average covers {len(ema)} parameters, this optimizer "
-                f"{len(self._params)}: build the same model and optimizer as when it was saved."
+                "The saved optimizer state does not fit this model and optimizer:\n  "
+                + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
+                + "\nBuild the same model, optimizer and model= as when it was saved."
             )
+
+    def _check_bare_inner(self, state_dict) -> None:
+        """A bare inner optimizer's checkpoint is keyed by generated names: accept
+        it only where every accumulator names a parameter of this optimizer."""
+        names = sorted((p.name for p in self._params), key=len, reverse=True)
+        unmatched = [k for k in state_dict if k not in _INNER_EXTRAS
+                     and not any(k.startswith(n + "_") for n in names)]
+        if unmatched:
+            raise ValueError(
+                f"This checkpoint of a bare {type(self._inner).__name__} names parameters this process "
+                f"does not have ({', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}): Paddle "
+                "names them in creation order. Resume in a fresh process that builds the model the same "
+                "way, or start the optimizer state afresh; DTNH's own checkpoints do not depend on it."
+            )
+
+    def set_state_dict(self, state_dict: dict) -> None:
+        """Load a state saved by :meth:`state_dict` (or, where its generated names
+        still match, by the bare inner optimizer). All or nothing: the whole dict
+        is checked (names, shapes, dtypes) before anything is written."""
+        self.check_state_dict(state_dict)
+        state_dict = files.to_tensors(state_dict)
+        if _STATE_KEY not in state_dict:
+            self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
+            return
+        ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
         changed = [f"{k}: saved {ours[k]!r}, now {v!r}" for k, v in self._config().items()
                    if k in ours and ours[k] != v]
         if changed:
@@ -523,12 +625,39 @@ class DTNH:
                 "current one is used): " + "; ".join(changed),
                 stacklevel=2,
             )
-        self._inner.set_state_dict(state_dict[_INNER_KEY])
+        params = dict(zip(self._names, self._params))
+        self._load_accumulators(inner.get("accumulators", {}), params)
+        other = inner.get("other", {})
+        schedule = self._inner._learning_rate
+        if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:
+            schedule.set_state_dict(other["LR_Scheduler"])
         self.num_steps = int(ours["num_steps"])
         self.skipped_steps = int(ours["skipped_steps"])
         self._epoch = int(ours["epoch"])
-        self._ema = {id(p): paddle.to_tensor(m, dtype=p.dtype, place=p.place)
-                     for p, m in zip(self._params, ema) if m is not None}
+        self._ema = {id(params[n]): paddle.to_tensor(m, dtype=params[n].dtype, place=params[n].place)
+                     for n, m in ours.get("ema", {}).items()}
+
+    def _accumulator_vars(self) -> dict:
+        """(stable name, accumulator) -> the inner optimizer's tensor, created
+        now if it was not yet (as the first step would, with the same values)."""
+        trainable = [p for p in self._params if not p.stop_gradient]
+        if trainable:
+            block = paddle.static.default_main_program().global_block()
+            self._inner._create_accumulators(block, trainable)
+        stable = {p.name: name for p, name in zip(self._params, self._names)}
+        return {(stable[param_name], acc): var for acc, per_param in self._inner._accumulators.items()
+                for param_name, var in per_param.items()}
+
+    def _load_accumulators(self, saved: dict, params: dict) -> None:
+        """Write the saved values into the inner optimizer's accumulators,
+        matched by parameter, never by generated name (validated before)."""
+        if not saved:
+            return
+        variables = self._accumulator_vars()
+        for name, per_acc in saved.items():
+            for acc, value in per_acc.items():
+                var = variables[(name, acc)]
+                var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
 
     def __repr__(self) -> str:
         reg = type(self.regularizer).__name__ if self.regularizer is not None else None

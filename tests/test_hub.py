@@ -150,9 +150,11 @@ def _read(logdir, tag):
     return records
 
 
-def _build(module_dir, checkpoint_dir, kind):
+def _build(module_dir, checkpoint_dir, kind, unrelated_first=False):
     # every "process" gets a fresh Paddle name scope, as a new process would
     with paddle.utils.unique_name.guard():
+        if unrelated_first:  # shifts every generated parameter name
+            paddle.nn.Linear(2, 2)
         module = hub.Module(directory=module_dir, label_list=["a", "b", "c"])
         source = load_source(module_dir, num_classes=3).source
         if kind == "l2sp":
@@ -179,8 +181,8 @@ def test_hub_trainer_with_dtnh_checkpoints_resume_and_visualdl(module_dir, tmp_p
     assert set(saved) == {f"model.{k}" for k in module.state_dict()}  # no source copy inside
     trained = {k: v.numpy().copy() for k, v in module.state_dict().items()}
 
-    # a new "process" resumes from epoch 2 with DTNH's state
-    module2, task2, opt2, logger2 = _build(module_dir, ckpt, kind)
+    # a new "process", which creates an unrelated layer first, resumes from epoch 2
+    module2, task2, opt2, logger2 = _build(module_dir, ckpt, kind, unrelated_first=True)
     with paddle.utils.unique_name.guard():
         trainer2 = hub.Trainer(task2, opt2, checkpoint_dir=ckpt, use_vdl=True)
         assert trainer2.current_epoch == 2 and opt2.num_steps == 6
