@@ -46,22 +46,21 @@ _ALLOWED = {
 _PADDLE_NAME_MAP = "StructuredToParameterName@@"
 
 
-class UnsafeFileError(pickle.UnpicklingError):
+class UnsafeFileError(ValueError, pickle.UnpicklingError):
     """A file references a Python object a state dict never holds."""
 
 
 class _StateDictUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
+    def __init__(self, file):
         super().__init__(file, encoding="latin1")
-        self._path = path
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
             return super().find_class(module, name)
         raise UnsafeFileError(
-            f"{self._path} references {module}.{name}, which a weights or checkpoint file never "
-            "holds: it was refused, as it could run code. If you made this file yourself and "
-            "trust it, load it with trusted=True."
+            f"it references {module}.{name}, which a weights or checkpoint file never holds: "
+            "it was refused, as it could run code. If you made this file yourself and trust "
+            "it, load it with trusted=True."
         )
 
 
@@ -174,7 +173,7 @@ def load(path: str, *, what: str = "file", trusted: bool = False):
         return paddle.load(path)
     try:
         with open(path, "rb") as f:
-            return to_tensors(_StateDictUnpickler(f, path).load())
+            return to_tensors(_StateDictUnpickler(f).load())
     except UnsafeFileError as err:
         raise UnsafeFileError(f"{_cap(what)} {path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,

@@ -13,6 +13,7 @@ A specification is one of:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from ..files import read_state_dict
 from ..architectures import ARCHITECTURES, detect_architecture, target_from
 from ..resnet_vd import WEIGHTS_FILE, LoadReport, load_resnet18_vd_weights
 
-__all__ = ["PretrainedSource", "load_source", "RESNET18_VD_URL"]
+__all__ = ["PretrainedSource", "load_source", "verify_recorded_digest", "RESNET18_VD_URL"]
 
 RESNET18_VD_URL = "https://paddlehub.bj.bcebos.com/dygraph/image_classification/resnet18_vd_imagenet.pdparams"
 
@@ -88,22 +89,63 @@ def _download(url: str, directory: str, what: str, how: str) -> str:
         ) from err
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_recorded_digest(path: str) -> str:
+    """Check ``path`` against the SHA-256 recorded beside it (``<path>.sha256``);
+    record it if there is none yet (trust on first use: neither PaddleHub nor
+    PaddleClas publishes a digest of this file). Returns ``path``.
+
+    Raises:
+        RuntimeError: the file changed since its digest was recorded. Nothing
+            is deleted; the message says what to do.
+    """
+    record = path + ".sha256"
+    digest = _sha256(path)
+    if not os.path.isfile(record):
+        with open(record, "w") as f:
+            f.write(f"{digest}  {os.path.basename(path)}\n")
+        return path
+    with open(record) as f:
+        expected = f.read().split()[0] if os.path.getsize(record) else ""
+    if digest != expected:
+        raise RuntimeError(
+            f"{path} does not match the SHA-256 recorded when it was first used ({record}): the "
+            f"file changed since (now {digest[:16]}..., recorded {expected[:16]}...). Nothing was "
+            f"deleted. If you replaced it on purpose, delete {record}; otherwise delete {path} "
+            "to download it again."
+        )
+    return path
+
+
 def _resnet18_vd_weights(module_dir: str | None) -> str:
-    candidates = []
-    if module_dir:
-        candidates.append(os.path.join(module_dir, WEIGHTS_FILE))
+    """The ImageNet file: from ``module_dir`` (the user's), else PaddleHub's
+    module home, downloading it there once; the downloaded copy is checked
+    against its recorded digest on every use."""
+    if module_dir and os.path.isfile(os.path.join(module_dir, WEIGHTS_FILE)):
+        return os.path.join(module_dir, WEIGHTS_FILE)
+    home = os.path.join(_module_home(), "resnet18_vd_imagenet")
+    cached = os.path.join(home, WEIGHTS_FILE)
+    if not os.path.isfile(cached):
+        where = os.path.join(module_dir, WEIGHTS_FILE) if module_dir else cached
+        cached = _download(
+            RESNET18_VD_URL, home, "PaddleHub resnet18_vd_imagenet weights",
+            f"download {RESNET18_VD_URL} on a connected machine and pass its path as the "
+            f"source, or put it at {where}.",
+        )
+    return verify_recorded_digest(cached)
+
+
+def _module_home() -> str:
     from paddlehub.env import MODULE_HOME
 
-    home = os.path.join(MODULE_HOME, "resnet18_vd_imagenet")
-    candidates.append(os.path.join(home, WEIGHTS_FILE))
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    return _download(
-        RESNET18_VD_URL, home, "PaddleHub resnet18_vd_imagenet weights",
-        f"download {RESNET18_VD_URL} on a connected machine and pass its path as the "
-        f"source, or put it at {candidates[0]}.",
-    )
+    return MODULE_HOME
 
 
 def load_source(spec: str, num_classes: int, *, module_dir: str | None = None) -> PretrainedSource:
