@@ -50,16 +50,25 @@ class DatasetSpec:
     embedded: bool
 
 
-def _fixed_split(images, labels, test_fraction, name):
-    """A deterministic, stratified train/test split (seed 0, independent of runs)."""
+def _fixed_split(images, labels, test_fraction, name, classes=None):
+    """A deterministic, stratified train/test split (seed 0, independent of runs):
+    at least one image of every class on each side."""
     rng = np.random.default_rng(0)
-    train, test = [], []
+    train, test, short = [], [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) < 2:
+            short.append(f"{classes[c] if classes else c} ({len(idx)})")
+            continue
+        n_test = min(max(1, int(round(len(idx) * test_fraction))), len(idx) - 1)
         test.extend(idx[:n_test])
         train.extend(idx[n_test:])
-    train, test = np.sort(train), np.sort(test)
+    if short:
+        raise ValueError(
+            f"{name}: every class needs at least 2 images (one to train on, one to test on); "
+            f"too few in: {', '.join(short)}."
+        )
+    train, test = np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
     return Split(images[train], labels[train]), Split(images[test], labels[test])
 
 
@@ -170,15 +179,19 @@ def _image_folder(name):
                 try:
                     with Image.open(path) as im:
                         images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.uint8))
-                except OSError as err:
-                    raise ValueError(f"{name}: cannot read image {path}: {err}") from err
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    raise ValueError(
+                        f"{name}: cannot read image {f!r} of class {cls!r} ({path}): "
+                        f"{type(err).__name__}: {err}. Remove or replace it."
+                    ) from err
                 labels.append(c)
         if empty:
             raise ValueError(
                 f"{name}: class folder(s) with no images in {root}: {empty}. Remove them or add images "
                 f"({', '.join(_IMAGE_SUFFIXES)})."
             )
-        train, test = _fixed_split(np.stack(images), np.asarray(labels, dtype=np.int64), test_fraction, name)
+        train, test = _fixed_split(np.stack(images), np.asarray(labels, dtype=np.int64), test_fraction, name,
+                                   classes)
         return ImageSet(name, train, test, classes)
 
     return load

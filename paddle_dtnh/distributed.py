@@ -35,11 +35,37 @@ def init_from_launcher() -> int:
     return world_size()
 
 
+_CHECKED_PATTERNS: set = set()
+
+
+def _check_same_nones(grads, world) -> None:
+    """Raise the same named error on every rank if a gradient is None on some
+    ranks only (the fused buffers would not line up). Checked once per None
+    pattern: one small collective and host read the first time it is seen."""
+    pattern = tuple(g is None for g in grads)
+    if pattern in _CHECKED_PATTERNS:
+        return
+    like = next((g for g in grads if g is not None), None)
+    mask = paddle.to_tensor([float(p) for p in pattern], dtype="float32",
+                            place=like.place if like is not None else None)
+    dist.all_reduce(mask)
+    counts = mask.numpy()
+    differing = [i for i, c in enumerate(counts) if 0 < c < world]
+    if differing:
+        raise RuntimeError(
+            f"Gradient(s) {differing[:10]} are None on {int(counts[differing[0]])} of {world} ranks and "
+            "present on the others: every rank must run the same graph (the same layers and losses) "
+            "for DTNH to average its gradients."
+        )
+    _CHECKED_PATTERNS.add(pattern)
+
+
 def all_reduce_mean(grads: list) -> list:
     """Average ``grads`` (tensors or ``None``) over all ranks, fused.
 
     ``None`` entries stay ``None``; they must be ``None`` on every rank (the
-    same graph runs everywhere).
+    same graph runs everywhere): a mismatch raises a ``RuntimeError`` naming
+    the gradients, on every rank.
 
     Examples:
         .. code-block:: python
@@ -51,7 +77,10 @@ def all_reduce_mean(grads: list) -> list:
     """
     world = world_size()
     present = [g for g in grads if g is not None]
-    if world == 1 or not present:
+    if world == 1:
+        return list(grads)
+    _check_same_nones(grads, world)
+    if not present:
         return list(grads)
     flat = paddle.concat([g.reshape([-1]) for g in present])
     dist.all_reduce(flat)

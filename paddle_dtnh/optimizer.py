@@ -249,9 +249,11 @@ class DTNH:
 
     @staticmethod
     def _check_weight_decay(optimizer) -> None:
-        groups = getattr(optimizer, "_param_groups", None) or []
+        groups = [g for g in getattr(optimizer, "_param_groups", None) or [] if isinstance(g, dict)]
         decays = [_coupled_weight_decay(optimizer)]
-        decays += [g.get("weight_decay") for g in groups if isinstance(g, dict)]
+        # Momentum keeps a group's L2 coefficient apart from its weight_decay
+        decays += [g.get("weight_decay") or (g.get("regularization_coeff") and
+                   f"L2Decay({g['regularization_coeff']}) in a parameter group") for g in groups]
         for decay in decays:
             if isinstance(decay, TransferRegularizer):
                 raise TypeError(

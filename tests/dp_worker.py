@@ -31,7 +31,7 @@ class Net(paddle.nn.Layer):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["l2sp", "knowdist"], required=True)
+    p.add_argument("--mode", choices=["l2sp", "knowdist", "none-mismatch"], required=True)
     p.add_argument("--hook", action="store_true", help="loss.backward(); opt.step() instead of update()")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", required=True)
@@ -47,6 +47,12 @@ def main():
     model.set_state_dict(source.state_dict())
     for q in model.parameters():  # start away from the source: Omega is non-zero
         q.set_value(q + 0.05 * paddle.randn(q.shape))
+    if args.mode == "none-mismatch":  # rank 1 skips block2: its gradients are None there only
+        opt = DTNH(paddle.optimizer.SGD(0.05, parameters=model.parameters()), lam=0.0)
+        x = paddle.randn([2, 3, 6, 6])
+        h = model.block1(x) if rank == 1 else model.block2(model.block1(x))
+        opt.update(paddle.mean(h))
+        return
     if args.mode == "l2sp":
         reg = L2SP(model, source, alpha=1.0, beta=0.1, head=["fc"])
     else:

@@ -51,3 +51,15 @@ def test_demo_runs_data_parallel_through_the_launcher(tmp_path):
     assert "| DTNH (KnowDist) |" in logs["workerlog.0"] and "| DTNH" not in logs["workerlog.1"]
     results = json.loads((out / "results.json").read_text())["results"]
     assert [r["method"] for r in results] == ["l2sp", "dtnh_knowdist"]
+
+
+def test_a_gradient_none_on_one_rank_only_is_named_on_every_rank(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+           str(tmp_path / "log"), str(WORKER), "--mode", "none-mismatch", "--out", str(tmp_path / "x.npz")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    logs = [p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*"))]
+    assert len(logs) == 2
+    for log in logs:
+        assert "are None on 1 of 2 ranks and present on the others" in log, log[-2000:]

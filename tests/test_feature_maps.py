@@ -7,7 +7,7 @@ import pytest
 
 from paddle_dtnh import DTNH
 from paddle_dtnh.features import FeatureCapture, default_layers, frozen_copy
-from paddle_dtnh.regularizers import DELTA, KnowDist
+from paddle_dtnh.regularizers import DELTA, KnowDist, SourceMismatchError
 
 
 class TinyConvNet(paddle.nn.Layer):
@@ -200,7 +200,7 @@ def test_source_as_weights_of_the_target_architecture(tmp_path):
     x = paddle.randn([2, 2, 4, 4])
     target.eval()
     np.testing.assert_allclose(float(a.run(x)[1]), float(b.run(x)[1]), rtol=1e-6)
-    with pytest.raises(ValueError, match="do not fit the target architecture"):
+    with pytest.raises(SourceMismatchError, match=r"missing in the source \(9\): block1.0.weight"):
         KnowDist(target, {"fc.weight": np.zeros((4, 3))}, layers=LAYERS)
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import paddle
 
+import numpy as np
+
 from .._checks import as_array
 from ..files import read_state_dict
 
@@ -16,6 +18,7 @@ __all__ = [
     "SourceMismatchError",
     "ParamMatch",
     "match_source",
+    "check_source",
 ]
 
 
@@ -154,37 +157,54 @@ def match_source(
         )
 
     state = read_state_dict(source)
-    shared, new, missing, mismatched = [], [], [], []
+    check_source(model, state, head=head, strict=strict)
+    shared, new = [], []
     for name, param in trainable:
         if _in_head(name, head):
             new.append((name, param))
-        elif name not in state:
-            missing.append(name)
-        elif _shape(state[name]) != tuple(param.shape):
-            mismatched.append(
-                f"{name} (target {list(param.shape)}, source {list(_shape(state[name]))})"
-            )
-        else:
-            ref = paddle.to_tensor(as_array(state[name]), dtype=param.dtype, place=param.place)
-            ref.stop_gradient = True
-            shared.append((name, param, ref))
-
-    target_names = set(model.state_dict().keys())
-    extra = [] if not strict else sorted(
-        k for k in state if k not in target_names and not _in_head(k, head)
-    )
-    if missing or mismatched or extra:
-        lines = ["The target network does not match the source weights:"]
-        if missing:
-            lines.append(_format_names("missing in the source", missing))
-        if mismatched:
-            lines.append(_format_names("shape mismatch", mismatched))
-        if extra:
-            lines.append(_format_names("extra in the source", extra))
-        lines.append(
-            "Fix: declare the new layers with head=[...] (for example head=['fc']), "
-            "load weights of the same architecture, or pass strict=False to "
-            "ignore extra source entries."
-        )
-        raise SourceMismatchError("\n".join(lines))
+            continue
+        ref = paddle.to_tensor(as_array(state[name]), dtype=param.dtype, place=param.place)
+        ref.stop_gradient = True
+        shared.append((name, param, ref))
     return ParamMatch(shared=shared, new=new)
+
+
+def check_source(model: paddle.nn.Layer, state: dict, *, head: Sequence[str] = (), strict: bool = True,
+                 whole_network: bool = False) -> None:
+    """The one check of source weights against a target, for every regularizer.
+
+    Every trainable non-head tensor of ``model`` (with ``whole_network``, every
+    non-head entry of its state dict, buffers included) must be in ``state``
+    with the same shape and finite values; with ``strict``, ``state`` may hold
+    nothing else outside the head. Dtypes may differ (values are cast).
+
+    Raises:
+        SourceMismatchError: listing the missing, mismatched, extra and
+            non-finite names, and the fix.
+    """
+    head = [head] if isinstance(head, str) else list(head)
+    own = model.state_dict()
+    if whole_network:
+        needed = [(n, t) for n, t in own.items() if not _in_head(n, head)]
+    else:
+        needed = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient and not _in_head(n, head)]
+    missing = [n for n, _ in needed if n not in state]
+    mismatched = [f"{n} (target {list(t.shape)}, source {list(_shape(state[n]))})"
+                  for n, t in needed if n in state and _shape(state[n]) != tuple(t.shape)]
+    nonfinite = [n for n, t in needed if n in state and _shape(state[n]) == tuple(t.shape)
+                 and not np.isfinite(as_array(state[n])).all()]
+    extra = [] if not strict else sorted(k for k in state if k not in own and not _in_head(k, head))
+    if missing or mismatched or extra or nonfinite:
+        lines = ["The target network does not match the source weights:"]
+        for title, names in (("missing in the source", missing), ("shape mismatch", mismatched),
+                             ("extra in the source", extra), ("NaN or Inf in the source", nonfinite)):
+            if names:
+                lines.append(_format_names(title, names))
+        fixes = []
+        if missing or mismatched or extra:
+            fixes.append("declare the new layers with head=[...] (for example head=['fc']), load weights "
+                         "of the same architecture, or pass strict=False to ignore extra source entries")
+        if nonfinite:
+            fixes.append("the source weights are corrupt (NaN/Inf): load a sound copy")
+        lines.append("Fix: " + "; ".join(fixes) + ".")
+        raise SourceMismatchError("\n".join(lines))

@@ -19,28 +19,27 @@ import paddle
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
 from ..files import read_state_dict
-from .base import TransferRegularizer, match_source
+from .base import TransferRegularizer, check_source, match_source
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
 
 
-def _source_network(model: paddle.nn.Layer, source) -> paddle.nn.Layer:
-    """A frozen source network: ``source`` itself if it is a Layer, else a
-    copy of ``model``'s architecture loaded with the given weights."""
+def _source_network(model: paddle.nn.Layer, source, head, strict) -> paddle.nn.Layer:
+    """A frozen source network: a copy of ``source`` if it is a Layer, else a
+    copy of ``model``'s architecture loaded with the given weights (checked
+    like every regularizer's source, :func:`check_source`; the head keeps the
+    target's values, which no hooked feature layer reads)."""
     if isinstance(source, paddle.nn.Layer):
-        return frozen_copy(source)
+        network = frozen_copy(source)
+        state = network.state_dict()
+        check_source(network, state, strict=False, whole_network=True)  # NaN/Inf only
+        return network
     state = read_state_dict(source)
+    check_source(model, state, head=head, strict=strict, whole_network=True)
     network = frozen_copy(model)
     own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    mismatched = [k for k in own if k in state and list(own[k].shape) != list(np.shape(state[k]))]
-    if missing or mismatched:
-        raise ValueError(
-            "The source weights do not fit the target architecture: "
-            f"missing {missing[:10]}, shape mismatch {mismatched[:10]}. Pass the source "
-            "network itself (a paddle.nn.Layer) when its head differs from the target's."
-        )
-    network.set_state_dict(state)
+    network.set_state_dict({k: paddle.to_tensor(as_array(state[k]), dtype=t.dtype) for k, t in own.items()
+                            if k in state and tuple(np.shape(state[k])) == tuple(t.shape)})
     return network
 
 
@@ -75,16 +74,18 @@ class FeatureMapRegularizer(TransferRegularizer):
             :func:`paddle_dtnh.features.default_layers`).
         head (Sequence[str], optional): name prefixes of the new parameters.
             Default: ().
+        strict (bool, optional): with a state dict as ``source``, reject entries
+            that match no target tensor (as the weight regularizers do). Default: True.
     """
 
-    def __init__(self, model, source, *, layers: Sequence[str] | None = None, head=()):
+    def __init__(self, model, source, *, layers: Sequence[str] | None = None, head=(), strict: bool = True):
         super().__init__()
         self.layers = list(layers) if layers is not None else default_layers(model)
         FeatureCapture(model, self.layers)  # validates the names now
         match = match_source(model, None, head=head)
         # plain attributes, not sublayers: see the class docstring
         self._set_model(model)
-        object.__setattr__(self, "_source", _source_network(model, source))
+        object.__setattr__(self, "_source", _source_network(model, source, head, strict))
         FeatureCapture(self._source, self.layers)
         self._trainable = [p for _, p, _ in match.shared] + [p for _, p in match.new]
         self._head = [p for _, p in match.new]
