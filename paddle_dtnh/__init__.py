@@ -6,10 +6,14 @@ wrapper (:class:`DTNH`) and transfer regularizers
 (:mod:`paddle_dtnh.regularizers`).
 """
 
-from . import attention, features, projection, regularizers, stats
-from .optimizer import DTNH, NONFINITE_POLICIES, REFERENCES
-from .presets import PRESETS
-from .projection import GRANULARITIES, RULES, dtnh_direction
+from ._quiet import import_paddle_quietly
+
+import_paddle_quietly()
+
+from . import attention, features, projection, regularizers, stats  # noqa: E402
+from .optimizer import DTNH, NONFINITE_POLICIES, REFERENCES  # noqa: E402
+from .presets import PRESETS  # noqa: E402
+from .projection import GRANULARITIES, RULES, dtnh_direction  # noqa: E402
 
 __version__ = "0.1.0"
 

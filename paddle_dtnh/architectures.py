@@ -23,7 +23,8 @@ import paddle
 
 from .resnet_vd import ResNet18VD
 
-__all__ = ["Architecture", "ARCHITECTURES", "register", "architecture_of", "detect_architecture", "target_from"]
+__all__ = ["Architecture", "ARCHITECTURES", "register", "architecture_of", "detect_architecture", "target_from",
+           "head_of", "architecture_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Architecture:
 
     Attributes:
         name (str): the registry key (``--arch`` on the command line).
+        description (str): how error messages name it.
         layer_class (type): the ``paddle.nn.Layer`` class of its networks.
         build (callable): ``num_classes -> network`` with random weights.
         head (str): name prefix of the classifier (the new head of a target).
@@ -42,6 +44,7 @@ class Architecture:
     """
 
     name: str
+    description: str
     layer_class: type
     build: Callable
     head: str
@@ -85,13 +88,13 @@ def register(architecture: Architecture) -> None:
 
 
 register(Architecture(
-    name="resnet18", layer_class=paddle.vision.models.ResNet,
+    name="resnet18", description="paddle.vision ResNet-18", layer_class=paddle.vision.models.ResNet,
     build=lambda num_classes: paddle.vision.models.resnet18(num_classes=num_classes),
     head="fc", feature_layers=("layer1", "layer2", "layer3", "layer4"), stages=_resnet_stages,
     marker_keys=("conv1.weight", "layer1.0.conv1.weight"),
 ))
 register(Architecture(
-    name="resnet18_vd", layer_class=ResNet18VD, build=lambda num_classes: ResNet18VD(num_classes=num_classes),
+    name="resnet18_vd", description="ResNet-18-vd (PaddleHub)", layer_class=ResNet18VD, build=lambda num_classes: ResNet18VD(num_classes=num_classes),
     head="out", feature_layers=tuple(f"bb_{i}_1" for i in range(4)), stages=_resnet_vd_stages,
     marker_keys=("conv1_1._conv.weight",),
 ))
@@ -146,3 +149,28 @@ def target_from(source: paddle.nn.Layer, num_classes: int) -> paddle.nn.Layer:
     prefix = arch.head + "."
     model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith(prefix)})
     return model
+
+
+def head_of(model: paddle.nn.Layer) -> str:
+    """The classifier's name prefix: the architecture's, else the last Linear's."""
+    arch = architecture_of(model)
+    if arch is not None:
+        return arch.head
+    linears = [name for name, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Linear)]
+    return linears[-1] if linears else "fc"
+
+
+def architecture_mismatch(model: paddle.nn.Layer, source) -> str | None:
+    """A sentence naming both architectures when ``source`` (a network or a
+    state dict) is recognisably of another registered architecture than
+    ``model``; None otherwise."""
+    target = architecture_of(model)
+    if isinstance(source, paddle.nn.Layer):
+        found = architecture_of(source)
+    else:
+        found = detect_architecture(source) if isinstance(source, Mapping) else None
+    if target is None or found is None or target is found:
+        return None
+    return (f"The source looks like {found.description} ({found.name}), the target like "
+            f"{target.description} ({target.name}): use a source of the target's architecture "
+            f"(paddle_dtnh.hub.load_source builds both from one weights file).")

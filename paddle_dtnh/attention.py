@@ -305,7 +305,7 @@ def compute_attention(
 
     total = sum(channels[n] for n in layers) * len(batches)
     weights, gaps = {}, {}
-    with tqdm(total=total, desc=f"DELTA attention ({method})", unit="ch", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"DELTA attention ({method})", unit="ch", disable=None if progress else True) as bar:
         for name in layers:
             gaps[name] = _loss_gaps(stages, head, batches, names.index(name), channels[name],
                                     method, max_ablation_batch, bar)

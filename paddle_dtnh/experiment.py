@@ -130,9 +130,10 @@ def _config_key(blob: dict) -> str:
 
 
 def _progress(total, desc, enabled=True):
+    """A progress bar on a terminal only (none in a log file)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True)
 
 
 def _augment(x, rng, flip=False):
@@ -321,7 +322,7 @@ def run_transfer(
     if log_dir and me == 0:
         from .visualdl import DTNHLogger
 
-        vdl = DTNHLogger(log_dir, interval=stats_interval)
+        vdl = DTNHLogger(log_dir, interval=stats_interval, display_name=f"{method}/seed{seed}")
     recorder = Recorder(stats_interval)
     loggers = LoggerGroup([recorder, vdl])
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)

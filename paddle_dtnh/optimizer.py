@@ -246,6 +246,7 @@ class DTNH:
         self.last_stats: dict = {}
         self._pending = None  # (params, gO, omega) from regularize(), for step()
         self._noted_loss = None  # from note_task_loss(), for the logs
+        self._warned_no_loss = False
 
     @staticmethod
     def _check_weight_decay(optimizer) -> None:
@@ -375,6 +376,14 @@ class DTNH:
         """
         loss = loss if loss is not None else self._noted_loss
         self._noted_loss = None
+        if loss is None and self.logger is not None and not self._warned_no_loss:
+            self._warned_no_loss = True
+            warnings.warn(
+                "DTNH.step() got no empirical loss, so its logger cannot write it: wrap the model in "
+                "paddle_dtnh.hub.TransferTask (hub.Trainer, paddle.Model), or call "
+                "opt.note_task_loss(loss) or opt.step(loss).",
+                stacklevel=2,
+            )
         params = self._trainable()
         pending, self._pending = self._pending, None
         if pending is None:

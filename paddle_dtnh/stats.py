@@ -29,8 +29,8 @@ class Stat:
 
 #: every stat of a step, in display order
 STATS = (
-    Stat("task_loss", "train/empirical_loss", "J on the batch (not J + lam * Omega)", False),
-    Stat("reg_loss", "train/regularizer", "Omega on the batch", False),
+    Stat("task_loss", "loss/empirical", "J on the batch (not J + lam * Omega)", False),
+    Stat("reg_loss", "loss/regularizer", "Omega on the batch", False),
     Stat("lam", "dtnh/lam", "the current coefficient lam", False),
     Stat("conflict", "dtnh/conflict", "1 when <r, gO> < 0 over all parameters (r: the reference, gJ by default)", False),
     Stat("angle1", "angles/angle1_d_gJ", "angle(d, gJ), degrees (DTNH paper, Fig. 4)"),

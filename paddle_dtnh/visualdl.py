@@ -8,25 +8,31 @@ the device, except a running count of conflicting steps kept as a tensor.
 The tags are those of :data:`paddle_dtnh.stats.STATS`, plus:
 
 =====================================  ============================================
-``train/lam_x_regularizer``            lam * Omega
-``train/total_loss``                   J + lam * Omega
+``loss/lam_x_regularizer``             lam * Omega
+``loss/total``                         J + lam * Omega
+``loss/eval``, ``accuracy/eval``       per evaluation (:meth:`DTNHLogger.log_eval`)
 ``dtnh/conflict_rate``                 share of steps since the last log with <r, gO> < 0
 ``dtnh/lr``                            the inner optimizer's learning rate
 ``dtnh/skipped_steps``                 steps skipped for a non-finite direction (so far)
-``eval/loss``, ``eval/accuracy``       per evaluation (:meth:`DTNHLogger.log_eval`)
 =====================================  ============================================
+
+Groups are lower case (``loss/``, ``angles/``, ``grad_norm/``, ``dtnh/``,
+``accuracy/``), apart from PaddleHub Trainer's own ``TRAIN/`` and ``EVAL/``.
+The step of every tag is DTNH's count of applied steps, which a resumed run
+continues from its checkpoint.
 """
 
 from __future__ import annotations
 
 from .stats import STATS, StepLogger
 
-__all__ = ["DTNHLogger", "TAGS"]
+__all__ = ["DTNHLogger", "TAGS", "EVAL_TAGS"]
 
-_DERIVED_TAGS = ["train/lam_x_regularizer", "train/total_loss", "dtnh/conflict_rate", "dtnh/lr",
-                 "dtnh/skipped_steps"]
-#: every tag a training run writes on its logging steps (eval tags come from log_eval)
+_DERIVED_TAGS = ["loss/lam_x_regularizer", "loss/total", "dtnh/conflict_rate", "dtnh/lr", "dtnh/skipped_steps"]
+#: every tag a training run writes on its logging steps
 TAGS = [s.tag for s in STATS] + _DERIVED_TAGS
+#: the tags of :meth:`DTNHLogger.log_eval`
+EVAL_TAGS = ["loss/eval", "accuracy/eval"]
 
 
 class DTNHLogger(StepLogger):
@@ -37,6 +43,8 @@ class DTNHLogger(StepLogger):
         interval (int, optional): log every this many applied steps. Default: 10.
         writer (visualdl.LogWriter, optional): an existing writer to share.
             Default: a new ``LogWriter(logdir)``.
+        display_name (str, optional): the run's name in VisualDL's legend
+            (e.g. ``"dtnh_l2sp/seed0"``). Default: the log directory.
 
     Examples:
         .. code-block:: python
@@ -52,13 +60,13 @@ class DTNHLogger(StepLogger):
             >>> logger.close()
     """
 
-    def __init__(self, logdir: str, interval: int = 10, writer=None):
+    def __init__(self, logdir: str, interval: int = 10, writer=None, display_name: str | None = None):
         if not (isinstance(interval, int) and interval > 0):
             raise ValueError(f"Invalid interval: {interval!r}; expected a positive int.")
         if writer is None:
             from visualdl import LogWriter
 
-            writer = LogWriter(logdir)
+            writer = LogWriter(logdir, display_name=display_name or "")
         self.writer = writer
         self.interval = interval
         self._conflicts = None  # running tensor sum, read only at logging steps
@@ -83,9 +91,9 @@ class DTNHLogger(StepLogger):
         self._conflicts, self._since_log = None, 0
         if "reg_loss" in stats:
             weighted = stats["lam"] * float(stats["reg_loss"])
-            scalars["train/lam_x_regularizer"] = weighted
+            scalars["loss/lam_x_regularizer"] = weighted
             if "task_loss" in stats:
-                scalars["train/total_loss"] = float(stats["task_loss"]) + weighted
+                scalars["loss/total"] = float(stats["task_loss"]) + weighted
         for tag, value in scalars.items():
             self.writer.add_scalar(tag=tag, step=step, value=float(value))
 
@@ -94,10 +102,9 @@ class DTNHLogger(StepLogger):
                                value=float(dtnh.skipped_steps))
 
     def log_eval(self, step: int, loss: float | None = None, accuracy: float | None = None) -> None:
-        if loss is not None:
-            self.writer.add_scalar(tag="eval/loss", step=step, value=float(loss))
-        if accuracy is not None:
-            self.writer.add_scalar(tag="eval/accuracy", step=step, value=float(accuracy))
+        for tag, value in zip(EVAL_TAGS, (loss, accuracy)):
+            if value is not None:
+                self.writer.add_scalar(tag=tag, step=step, value=float(value))
 
     def flush(self) -> None:
         self.writer.flush()

@@ -193,8 +193,11 @@ def test_hub_trainer_with_dtnh_checkpoints_resume_and_visualdl(module_dir, tmp_p
     assert opt2.num_steps == 9 and os.path.isdir(os.path.join(ckpt, "epoch_3"))
 
     vdl = os.path.join(ckpt, "visualization")
-    ours = _read(os.path.join(vdl, "dtnh"), "train/empirical_loss")
+    ours = _read(os.path.join(vdl, "dtnh"), "loss/empirical")
     theirs = _read(vdl, "TRAIN/loss")
+    # the Trainer numbers steps from 1 in every train() call; DTNH's continue
+    # from the checkpoint: DTNH step = Trainer step + steps before the resume
+    assert [s for s, _ in theirs] == [1, 2, 3, 4, 5, 6, 1, 2, 3]
     assert [s for s, _ in ours] == list(range(1, 10))
     np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], rtol=1e-5)
     for tag in TAGS:
@@ -222,11 +225,11 @@ def test_paddle_model_fit_with_dtnh_knowdist(module_dir, tmp_path):
                   callbacks=[DTNHCallback()])
     logger.close()
     assert opt.num_steps == 4 and opt.lam == pytest.approx(0.125)
-    assert [s for s, _ in _read(logdir, "train/empirical_loss")] == [2, 4]
+    assert [s for s, _ in _read(logdir, "loss/empirical")] == [2, 4]
     assert [s for s, _ in _read(logdir, "angles/angle2_d_gO")] == [2, 4]
-    accuracy = _read(logdir, "eval/accuracy")
+    accuracy = _read(logdir, "accuracy/eval")
     assert len(accuracy) == 2 and all(0.0 <= v <= 1.0 for _, v in accuracy)
-    assert _read(logdir, "eval/loss")
+    assert _read(logdir, "loss/eval")
 
 
 def test_transfer_task_checks_its_inputs():

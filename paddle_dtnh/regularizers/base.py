@@ -3,6 +3,7 @@ matching a target network's parameters against the source network's."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,7 +67,8 @@ class TransferRegularizer(paddle.nn.Layer):
             raise ValueError(
                 f"{type(self).__name__} has no closed-form gradient: pass its value on this "
                 "batch, `output, omega = reg.run(x)`, as opt.update(loss, omega) (hook mode: "
-                "opt.regularize(omega) before loss.backward())."
+                "opt.regularize(omega) before loss.backward()). Under hub.Trainer or "
+                "paddle.Model, wrap the model in paddle_dtnh.hub.TransferTask, which does this."
             )
         from ..distributed import all_reduce_mean
 
@@ -145,9 +147,11 @@ def match_source(
     all_names = [n for n, _ in model.named_parameters()]
     unknown_head = [h for h in head if not any(_in_head(n, [h]) for n in all_names)]
     if unknown_head:
+        from ..architectures import head_of
+
         raise ValueError(
-            f"head prefix(es) {unknown_head} match no parameter of the model. "
-            f"Parameter names start with: {sorted({n.split('.')[0] for n in all_names})}"
+            f"head prefix(es) {unknown_head} match no parameter of the model (its classifier: "
+            f"{head_of(model)!r}). Parameter names start with: {sorted({n.split('.')[0] for n in all_names})}"
         )
 
     if source is None:
@@ -166,7 +170,33 @@ def match_source(
         ref = paddle.to_tensor(as_array(state[name]), dtype=param.dtype, place=param.place)
         ref.stop_gradient = True
         shared.append((name, param, ref))
+    warn_if_far_from_source([(p, r) for _, p, r in shared])
     return ParamMatch(shared=shared, new=new)
+
+
+#: relative distance ||w - w0|| / ||w0|| above which a target is said to start far from its source
+FAR_FROM_SOURCE = 0.5
+
+
+def warn_if_far_from_source(pairs) -> float:
+    """Warn when the target's shared weights do not start at the source's:
+    usually a model built with random weights instead of the source's
+    (L2-SP then starts at a large Omega and pulls toward weights the model never had).
+    Returns the relative distance."""
+    if not pairs:
+        return 0.0
+    with paddle.no_grad():
+        diff = float(paddle.add_n([paddle.sum((p.astype("float64") - r.astype("float64")) ** 2) for p, r in pairs]))
+        base = float(paddle.add_n([paddle.sum(r.astype("float64") ** 2) for _, r in pairs]))
+    distance = (diff / base) ** 0.5 if base > 0 else 0.0
+    if distance > FAR_FROM_SOURCE:
+        warnings.warn(
+            f"The target's shared weights start far from the source's (relative distance "
+            f"{distance:.2f}): was the model loaded with the source's weights? Build it with "
+            "paddle_dtnh.architectures.target_from(source, num_classes) or paddle_dtnh.hub.load_source.",
+            stacklevel=3,
+        )
+    return distance
 
 
 def check_source(model: paddle.nn.Layer, state: dict, *, head: Sequence[str] = (), strict: bool = True,
@@ -183,6 +213,11 @@ def check_source(model: paddle.nn.Layer, state: dict, *, head: Sequence[str] = (
             non-finite names, and the fix.
     """
     head = [head] if isinstance(head, str) else list(head)
+    from ..architectures import architecture_mismatch, head_of
+
+    other = architecture_mismatch(model, state)
+    if other:
+        raise SourceMismatchError(other)
     own = model.state_dict()
     if whole_network:
         needed = [(n, t) for n, t in own.items() if not _in_head(n, head)]
@@ -202,8 +237,9 @@ def check_source(model: paddle.nn.Layer, state: dict, *, head: Sequence[str] = (
                 lines.append(_format_names(title, names))
         fixes = []
         if missing or mismatched or extra:
-            fixes.append("declare the new layers with head=[...] (for example head=['fc']), load weights "
-                         "of the same architecture, or pass strict=False to ignore extra source entries")
+            fixes.append(f"declare the new layers with head=[...] (this model's classifier: "
+                         f"head=[{head_of(model)!r}]), load weights of the same architecture, or pass "
+                         "strict=False to ignore extra source entries")
         if nonfinite:
             fixes.append("the source weights are corrupt (NaN/Inf): load a sound copy")
         lines.append("Fix: " + "; ".join(fixes) + ".")

@@ -19,7 +19,8 @@ import paddle
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
 from ..files import read_state_dict
-from .base import TransferRegularizer, check_source, match_source
+from ..architectures import architecture_mismatch
+from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
 
@@ -30,6 +31,9 @@ def _source_network(model: paddle.nn.Layer, source, head, strict) -> paddle.nn.L
     like every regularizer's source, :func:`check_source`; the head keeps the
     target's values, which no hooked feature layer reads)."""
     if isinstance(source, paddle.nn.Layer):
+        other = architecture_mismatch(model, source)
+        if other:
+            raise SourceMismatchError(other)
         network = frozen_copy(source)
         state = network.state_dict()
         check_source(network, state, strict=False, whole_network=True)  # NaN/Inf only
@@ -87,6 +91,9 @@ class FeatureMapRegularizer(TransferRegularizer):
         self._set_model(model)
         object.__setattr__(self, "_source", _source_network(model, source, head, strict))
         FeatureCapture(self._source, self.layers)
+        frozen = dict(self._source.named_parameters())
+        warn_if_far_from_source([(p, frozen[n]) for n, p, _ in match.shared
+                                 if n in frozen and frozen[n].shape == p.shape])
         self._trainable = [p for _, p, _ in match.shared] + [p for _, p in match.new]
         self._head = [p for _, p in match.new]
 

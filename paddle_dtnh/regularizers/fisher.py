@@ -86,7 +86,7 @@ def estimate_fisher(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=max_samples, desc="Fisher", unit="img")
+        bar = tqdm(total=max_samples, desc="Fisher", unit="img", disable=None)  # terminal only
     try:
         for batch in data:
             x = _inputs_of(batch)

@@ -2,20 +2,41 @@
 for Paddle 3, ready for fine-tuning with hub.Trainer (and DTNH).
 
 Load it offline with ``hub.Module(directory=paddle_dtnh.hub.MODULE_DIR,
-label_list=[...])``. Pretrained weights are read from
-``resnet18_vd_imagenet.pdparams`` in this directory when present (PaddleHub's
-ImageNet file, either layout), or from ``weights=<path>``.
+label_list=[...])``. Pretrained weights (PaddleHub's ImageNet file, either
+layout), in this order: ``weights=<path>``; ``resnet18_vd_imagenet.pdparams``
+in this directory; the copy PaddleHub (or ``paddle_dtnh.hub.load_source``)
+downloaded to ``~/.paddlehub/modules/resnet18_vd_imagenet/``, checked against
+its recorded digest. So the module and ``load_source("resnet18_vd_imagenet")``
+start from the same weights.
+
+Input: float32 images, NCHW, RGB, scaled to [0, 1] and normalised with the
+ImageNet mean and std (:meth:`ResNet18VDModule.preprocess` does it for
+HWC uint8 arrays or image files); the ImageNet weights were trained on 224x224.
 """
 
 import os
 import warnings
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
 from paddle_dtnh.files import read_state_dict
 from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
+
+
+def _downloaded_weights():
+    """PaddleHub's downloaded ImageNet file, checked against its recorded digest, or None."""
+    from paddlehub.env import MODULE_HOME
+
+    from paddle_dtnh.hub.sources import verify_recorded_digest
+
+    path = os.path.join(MODULE_HOME, "resnet18_vd_imagenet", WEIGHTS_FILE)
+    return verify_recorded_digest(path) if os.path.isfile(path) else None
 
 
 @moduleinfo(
@@ -24,7 +45,7 @@ from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_wei
     author="paddle_dtnh",
     author_email="",
     summary="ResNet-18-vd for Paddle 3, fine-tunable with DTNH (paddle_dtnh).",
-    version="1.0.0",
+    version="1.1.0",
 )
 class ResNet18VDModule(ResNet18VD):
     """ResNet-18-vd classifier; ``forward`` returns ``(logits, feature)``.
@@ -35,7 +56,7 @@ class ResNet18VDModule(ResNet18VD):
         num_classes (int, optional): number of classes when no label_list is
             given. Default: 1000 (ImageNet, the pretrained head).
         weights (str, optional): pretrained ``.pdparams`` to start from.
-            Default: ``resnet18_vd_imagenet.pdparams`` in the module directory.
+            Default: see the module docstring.
         load_checkpoint (str, optional): a fine-tuned ``model.pdparams`` of
             this module to load instead. Default: None.
     """
@@ -51,21 +72,61 @@ class ResNet18VDModule(ResNet18VD):
         super(ResNet18VDModule, self).__init__(num_classes=classes)
         self.load_report = None
         if load_checkpoint is not None:
-            self.set_state_dict(read_state_dict(load_checkpoint, what="fine-tuned checkpoint"))
+            state = read_state_dict(load_checkpoint, what="fine-tuned checkpoint")
+            # hub.Trainer saves the TransferTask's weights, prefixed "model."
+            self.set_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()})
             return
-        weights = weights or os.path.join(self.directory, WEIGHTS_FILE)
-        if os.path.isfile(weights):
+        local = os.path.join(self.directory, WEIGHTS_FILE)
+        weights = weights or (local if os.path.isfile(local) else _downloaded_weights())
+        if weights is not None:
             self.load_report = load_resnet18_vd_weights(self, weights)
         else:
             warnings.warn(
-                f"No pretrained weights at {weights}: the network starts from random weights. "
-                f"Put PaddleHub's {WEIGHTS_FILE} there, or pass weights=<path>.",
+                f"No pretrained weights found (weights=, {local}, nor PaddleHub's downloaded "
+                f"resnet18_vd_imagenet): the network starts from random weights. Run "
+                f"paddle_dtnh.hub.load_source('resnet18_vd_imagenet', ...) once online, or pass weights=<path>.",
                 stacklevel=2,
             )
 
     def forward(self, x):
         feature = self.features(x)
         return self.out(feature), feature
+
+    @staticmethod
+    def preprocess(images, size=224):
+        """HWC uint8 RGB arrays or image file paths -> a normalised NCHW float32 batch."""
+        from PIL import Image
+
+        batch = []
+        for image in images:
+            if isinstance(image, (str, os.PathLike)):
+                with Image.open(image) as im:
+                    image = np.asarray(im.convert("RGB"))
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"Expected an HWC RGB image, got shape {image.shape}.")
+            resized = np.asarray(Image.fromarray(image.astype("uint8")).resize((size, size)), dtype="float32")
+            batch.append(((resized / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+        return paddle.to_tensor(np.stack(batch))
+
+    @paddle.no_grad()
+    def predict(self, images, top_k=1, size=224):
+        """Classify images (HWC uint8 RGB arrays or file paths).
+
+        Returns:
+            list[dict]: per image, the ``top_k`` labels (from ``label_list``,
+            else class indices) and their probabilities.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            probs = F.softmax(self(self.preprocess(images, size))[0], axis=-1).numpy()
+        finally:
+            if was_training:
+                self.train()
+        names = self.labels or list(range(probs.shape[1]))
+        top_k = min(top_k, probs.shape[1])
+        return [{names[i]: float(p[i]) for i in np.argsort(-p)[:top_k]} for p in probs]
 
     def _step(self, batch):
         images, labels = batch[0], batch[1]
