@@ -37,13 +37,13 @@ STATS = (
     Stat("angle2", "angles/angle2_d_gO", "angle(d, gO), degrees (Fig. 5)"),
     Stat("angle3", "angles/angle3_vanilla_gJ", "angle(gJ + lam gO, gJ), degrees (Fig. 4)"),
     Stat("angle4", "angles/angle4_vanilla_gO", "angle(gJ + lam gO, gO), degrees (Fig. 5)"),
-    Stat("task_grad_norm", "grad_norm/task", "||gJ||"),
-    Stat("reg_grad_norm", "grad_norm/regularizer", "||gO||"),
-    Stat("direction_norm", "grad_norm/direction", "||d||"),
+    Stat("task_grad_norm", "grad_norm/task", "‖gJ‖"),
+    Stat("reg_grad_norm", "grad_norm/regularizer", "‖gO‖"),
+    Stat("direction_norm", "grad_norm/direction", "‖d‖"),
     Stat("cos_task_reg", "dtnh/cos_task_reg", "cos(gJ, gO)"),
     Stat("conflict_fraction", "dtnh/conflict_fraction", "share of parameter tensors with <gJ_l, gO_l> < 0"),
     Stat("blocks_in_conflict", "dtnh/blocks_in_conflict", "share of the rule's blocks in conflict with its reference"),
-    Stat("reg_removed", "dtnh/reg_removed", "share of gO the rule removed, ||gO - gO'|| / ||gO||"),
+    Stat("reg_removed", "dtnh/reg_removed", "share of gO the rule removed, ‖gO − gO'‖ / ‖gO‖"),
 )
 STAT_KEYS = tuple(s.key for s in STATS)
 DIAGNOSTIC_KEYS = tuple(s.key for s in STATS if s.diagnostic)

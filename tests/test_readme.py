@@ -32,3 +32,47 @@ def test_quickstart_runs(monkeypatch):
     assert opt.num_steps == 2 and opt.skipped_steps == 0
     assert scope["reg"].regularized_names()[-1] == "fc.weight"
     assert float(scope["reg"]()) > 0  # the weights moved away from the source
+
+
+def readme_block(heading_text):
+    """The first python block after ``heading_text`` in the README."""
+    section = README.read_text(encoding="utf-8").split(heading_text, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_hub_trainer_recipe_runs_as_written(tmp_path, monkeypatch):
+    """Offline: PaddleHub's ImageNet file is one the test writes into a
+    PaddleHub home, and the image folders are tiny."""
+    import numpy as np
+    import paddlehub.env
+    from PIL import Image
+
+    from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD
+
+    home = tmp_path / "hub_home"
+    (home / "resnet18_vd_imagenet").mkdir(parents=True)
+    paddle.seed(3)
+    imagenet = ResNet18VD(num_classes=1000).state_dict()
+    paddle.save(imagenet, str(home / "resnet18_vd_imagenet" / WEIGHTS_FILE))
+    monkeypatch.setattr(paddlehub.env, "MODULE_HOME", str(home))
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+
+    scope = {}
+    exec(compile(readme_block("**A hub.Trainer recipe**"), str(README), "exec"), scope)
+    scope["logger"].close()
+    module, opt = scope["module"], scope["opt"]
+    assert opt.num_steps == 10  # one batch per epoch, ten epochs
+    # the module started from PaddleHub's downloaded file, like the source did
+    assert len(module.load_report.loaded) == 115 and set(module.load_report.not_loaded) == {"out.weight", "out.bias"}
+    np.testing.assert_array_equal(scope["source"].conv1_1._conv.weight.numpy(),
+                                  imagenet["conv1_1._conv.weight"].numpy())
+    assert (tmp_path / "ckpt" / "epoch_10" / "model.pdparams").exists()
+    assert list((tmp_path / "ckpt" / "visualization" / "dtnh").glob("vdlrecords.*"))
+    assert module.predict([np.zeros((20, 20, 3), np.uint8)], top_k=2)[0].keys() == {"cat", "dog"}

@@ -6,12 +6,16 @@ import os
 from ..resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, legacy_names, load_resnet18_vd_weights
 from .sources import PretrainedSource, load_source
 from .task import TransferTask
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 
 #: directory of the shipped PaddleHub module ``resnet18_vd_dtnh``, for
 #: ``hub.Module(directory=MODULE_DIR, label_list=[...])``
 MODULE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resnet18_vd_dtnh")
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "imagenet_transform",
     "MODULE_DIR",
     "WEIGHTS_FILE",
     "LoadReport",

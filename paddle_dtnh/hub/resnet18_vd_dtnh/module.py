@@ -10,8 +10,9 @@ its recorded digest. So the module and ``load_source("resnet18_vd_imagenet")``
 start from the same weights.
 
 Input: float32 images, NCHW, RGB, scaled to [0, 1] and normalised with the
-ImageNet mean and std (:meth:`ResNet18VDModule.preprocess` does it for
-HWC uint8 arrays or image files); the ImageNet weights were trained on 224x224.
+ImageNet mean and std: ``paddle_dtnh.hub.imagenet_transform(size)`` for a
+dataset, :meth:`ResNet18VDModule.preprocess` for HWC uint8 arrays or image
+files; the ImageNet weights were trained on 224x224.
 """
 
 import os
@@ -23,10 +24,8 @@ import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
 from paddle_dtnh.files import read_state_dict
+from paddle_dtnh.hub.transforms import imagenet_transform
 from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
 
 
 def _downloaded_weights():
@@ -97,7 +96,7 @@ class ResNet18VDModule(ResNet18VD):
         """HWC uint8 RGB arrays or image file paths -> a normalised NCHW float32 batch."""
         from PIL import Image
 
-        batch = []
+        transform, batch = imagenet_transform(size), []
         for image in images:
             if isinstance(image, (str, os.PathLike)):
                 with Image.open(image) as im:
@@ -105,9 +104,8 @@ class ResNet18VDModule(ResNet18VD):
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"Expected an HWC RGB image, got shape {image.shape}.")
-            resized = np.asarray(Image.fromarray(image.astype("uint8")).resize((size, size)), dtype="float32")
-            batch.append(((resized / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
-        return paddle.to_tensor(np.stack(batch))
+            batch.append(transform(image.astype("uint8")))
+        return paddle.stack(batch)
 
     @paddle.no_grad()
     def predict(self, images, top_k=1, size=224):
