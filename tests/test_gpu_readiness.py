@@ -5,11 +5,11 @@ tensor on Paddle's default place instead of the parameters'."""
 import contextlib
 
 import paddle
-import paddle.nn.functional as F
 import pytest
 
 from paddle_dtnh import DTNH
 from paddle_dtnh.stats import StepLogger
+from tests.helpers import dtnh_step
 from tests.test_contract import KINDS, build, pair
 
 ROUND_TRIPS = ("numpy", "item", "tolist", "__bool__", "__float__", "__int__", "__index__")
@@ -84,15 +84,7 @@ def test_one_step_makes_one_host_round_trip(kind, mode, options, logger):
                logger=logger, **options)
     x, y = paddle.randn([4, 2, 5, 5]), paddle.to_tensor([0, 1, 2, 0])
     with watch() as seen:
-        out, omega = reg.run(x)
-        loss = F.cross_entropy(out, y)
-        if mode == "explicit":
-            opt.update(loss, omega)
-        else:
-            opt.regularize(omega)
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
+        dtnh_step(opt, x, y, mode)
     assert seen["round_trips"] == ["__bool__"], seen["round_trips"]
     assert not seen["placeless"], seen["placeless"]
     assert opt.num_steps == 1

@@ -103,34 +103,6 @@ def _angle(a, b):
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
 
-@pytest.mark.parametrize("granularity", ["global", "layer"])
-def test_stats_match_numpy(granularity):
-    rng = np.random.default_rng(1)
-    task = [rng.normal(size=(3, 2)), rng.normal(size=4)]
-    reg = [rng.normal(size=(3, 2)) - task[0], rng.normal(size=4)]
-    lam = 0.7
-    d, stats = dtnh_direction(
-        [T(t) for t in task], [T(r) for r in reg], lam=lam, granularity=granularity, with_stats=True
-    )
-    flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
-    gj, go, dd = flat(task), flat(reg), flat([x.numpy() for x in d])
-    v = gj + lam * go
-    expected = {
-        "task_grad_norm": np.linalg.norm(gj),
-        "reg_grad_norm": np.linalg.norm(go),
-        "direction_norm": np.linalg.norm(dd),
-        "cos_task_reg": np.dot(gj, go) / np.linalg.norm(gj) / np.linalg.norm(go),
-        "conflict": float(np.dot(gj, go) < 0),
-        "conflict_fraction": np.mean([np.vdot(t, r) < 0 for t, r in zip(task, reg)]),
-        "angle1": _angle(dd, gj),
-        "angle2": _angle(dd, go),
-        "angle3": _angle(v, gj),
-        "angle4": _angle(v, go),
-    }
-    for name, value in expected.items():
-        np.testing.assert_allclose(float(stats[name]), value, rtol=1e-6, atol=1e-6, err_msg=name)
-
-
 # -- properties ---------------------------------------------------------------
 
 vectors = st.integers(min_value=1, max_value=6).flatmap(
@@ -381,6 +353,9 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref):
         judged = [np.dot(r, go) < 0]
     v = gj + lam * go
     expected = {
+        "task_grad_norm": np.linalg.norm(gj),
+        "reg_grad_norm": np.linalg.norm(go),
+        "cos_task_reg": np.dot(gj, go) / np.linalg.norm(gj) / np.linalg.norm(go),
         "direction_norm": np.linalg.norm(dd),
         "conflict": float(np.dot(r, go) < 0),
         "conflict_fraction": np.mean([np.vdot(t, o) < 0 for t, o in zip(task[:2], reg[:2])]),
