@@ -366,3 +366,62 @@ def test_paddle_model_fit_uses_the_hook():
     for x, y in batches(3):
         model.train_batch([x], [y.unsqueeze(-1)])
     assert opt.num_steps == 3
+
+
+# -- presets and the moving-average reference --------------------------------------
+
+def test_presets():
+    from paddle_dtnh import PRESETS
+
+    _, net = perturbed_pair()
+    inner = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
+    with pytest.raises(ValueError, match="Unknown preset 'fast'; expected one of 'paper', 'never_hurt'"):
+        DTNH(inner(), lam=1.0, preset="fast")
+    default = DTNH(inner(), lam=1.0)
+    assert (default.granularity, default.rule, default.reference) == ("global", "project", "batch")
+    assert dict(PRESETS["paper"]) == {"granularity": "global", "rule": "project", "reference": "batch"}
+    for name, options in PRESETS.items():
+        opt = DTNH(inner(), lam=1.0, preset=name)
+        assert {k: getattr(opt, k) for k in options} == dict(options)
+    override = DTNH(inner(), lam=1.0, preset="never_hurt", granularity="coordinate")
+    assert override.granularity == "coordinate" and override.rule == PRESETS["never_hurt"]["rule"]
+    with pytest.raises(ValueError, match="Invalid reference: 'momentum'"):
+        DTNH(inner(), lam=1.0, reference="momentum")
+    with pytest.raises(ValueError, match="Invalid ema_decay"):
+        DTNH(inner(), lam=1.0, reference="ema", ema_decay=1.0)
+
+
+def test_paper_preset_equals_the_default_step_for_step():
+    source, net_a = perturbed_pair()
+    net_b = copy.deepcopy(net_a)
+    opts = [DTNH(paddle.optimizer.Momentum(0.1, parameters=n.parameters()),
+                 L2SP(n, source, alpha=1.0, beta=0.1, head=["4"]), lam=2.0, **kw)
+            for n, kw in ((net_a, {}), (net_b, {"preset": "paper"}))]
+    for x, y in batches(3):
+        for n, opt in zip((net_a, net_b), opts):
+            opt.update(F.cross_entropy(n(x), y))
+        assert_same(net_a, net_b, rtol=0, atol=0)
+
+
+def test_ema_reference_resumes_bit_equal(tmp_path):
+    source, net_a = perturbed_pair()
+    data = batches(6)
+
+    def build(net):
+        reg = L2SP(net, source, alpha=1.0, beta=0.1, head=["4"])
+        return DTNH(paddle.optimizer.Adam(0.01, parameters=net.parameters()), reg, lam=1.0,
+                    granularity="coordinate", reference="ema", ema_decay=0.8)
+
+    opt_a = build(net_a)
+    for x, y in data[:3]:
+        opt_a.update(F.cross_entropy(net_a(x), y))
+    paddle.save(opt_a.state_dict(), str(tmp_path / "opt.pdopt"))
+    net_b = make_net(seed=7)
+    net_b.set_state_dict(net_a.state_dict())
+    opt_b = build(net_b)
+    opt_b.set_state_dict(paddle.load(str(tmp_path / "opt.pdopt")))
+    assert set(opt_b.state_dict()["dtnh"]["ema"]) == {n for n, p in net_b.named_parameters()}
+    for x, y in data[3:]:
+        opt_a.update(F.cross_entropy(net_a(x), y))
+        opt_b.update(F.cross_entropy(net_b(x), y))
+        assert_same(net_a, net_b, rtol=0, atol=0)
