@@ -30,6 +30,7 @@ import paddle
 import paddle.nn.functional as F
 
 from . import files
+from ._checks import check_choice, check_positive_int
 from .features import frozen_copy
 
 __all__ = [
@@ -276,11 +277,9 @@ def compute_attention(
             >>> att.layers, att.weights["layer4"].shape
             (['layer1', 'layer2', 'layer3', 'layer4'], (512,))
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"Invalid normalization: {normalization!r}; expected one of {NORMALIZATIONS}.")
-    if method not in ("batched", "brute_force"):
-        raise ValueError(f"Invalid method: {method!r}; expected 'batched' or 'brute_force'.")
-    if not (isinstance(num_classes, int) and num_classes > 1):
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("method", method, ("batched", "brute_force"))
+    if check_positive_int("num_classes", num_classes) < 2:
         raise ValueError(f"Invalid num_classes: {num_classes!r}; expected an int > 1.")
     network = frozen_copy(source)
     stages = stages(network) if stages is not None else network_stages(network)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import check_positive_int
+
 __all__ = ["DATASETS", "ImageSet", "Split", "load_dataset", "few_shot_indices", "to_tensor_batch"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -249,8 +251,7 @@ def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     Raises:
         ValueError: a class has fewer than ``per_class`` examples (names it).
     """
-    if not (isinstance(per_class, (int, np.integer)) and per_class > 0):
-        raise ValueError(f"Invalid per_class: {per_class!r}; expected a positive int.")
+    check_positive_int("per_class", per_class)
     rng = np.random.default_rng(seed)
     chosen, short = [], []
     for c in np.unique(labels):

@@ -24,6 +24,7 @@ continues from its checkpoint.
 
 from __future__ import annotations
 
+from ._checks import check_positive_int
 from .stats import STATS, StepLogger
 
 __all__ = ["DTNHLogger", "TAGS", "EVAL_TAGS"]
@@ -61,8 +62,7 @@ class DTNHLogger(StepLogger):
     """
 
     def __init__(self, logdir: str, interval: int = 10, writer=None, display_name: str | None = None):
-        if not (isinstance(interval, int) and interval > 0):
-            raise ValueError(f"Invalid interval: {interval!r}; expected a positive int.")
+        check_positive_int("interval", interval)
         if writer is None:
             from visualdl import LogWriter
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import paddle
 
 from ..files import read_state_dict
+from .._checks import check_positive_int
 from ..architectures import ARCHITECTURES, detect_architecture, target_from
 from ..resnet_vd import WEIGHTS_FILE, LoadReport, load_resnet18_vd_weights
 
@@ -171,8 +172,7 @@ def load_source(spec: str, num_classes: int, *, module_dir: str | None = None) -
             >>> src.architecture, src.head
             ('resnet18', ['fc'])
     """
-    if not (isinstance(num_classes, int) and num_classes > 0):
-        raise ValueError(f"Invalid num_classes: {num_classes!r}; expected a positive int.")
+    check_positive_int("num_classes", num_classes)
     if spec == "resnet18":
         from paddle.vision.models.resnet import model_urls
 

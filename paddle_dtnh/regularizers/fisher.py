@@ -18,6 +18,7 @@ import paddle
 import paddle.nn.functional as F
 
 from .. import files
+from .._checks import check_choice, check_positive_int
 
 __all__ = ["estimate_fisher", "save_fisher", "load_fisher"]
 
@@ -68,10 +69,8 @@ def estimate_fisher(
             >>> sorted(fisher), list(fisher["weight"].shape)
             (['bias', 'weight'], [4, 3])
     """
-    if mode not in ("exact", "sampled"):
-        raise ValueError(f"Invalid mode: {mode!r}; expected 'exact' or 'sampled'.")
-    if max_samples is not None and max_samples <= 0:
-        raise ValueError(f"Invalid max_samples: {max_samples!r}; expected a positive int.")
+    check_choice("mode", mode, ("exact", "sampled"))
+    check_positive_int("max_samples", max_samples, allow_none=True)
     named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
     if not named:
         raise ValueError("The model has no trainable parameters to estimate a Fisher for.")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import paddle
 
-from .._checks import as_array, check_nonnegative
+from .._checks import as_array, check_nonnegative, check_positive
 from .base import SourceMismatchError, TransferRegularizer, match_source
 
 __all__ = ["WeightRegularizer", "L2", "L2SP", "L1SP", "GroupLassoSP", "L2SPFisher"]
@@ -182,10 +182,9 @@ class _Smoothed(WeightRegularizer):
     """A weight regularizer whose norm is smoothed by ``eps`` at zero."""
 
     def __init__(self, model, source=None, *, eps: float = 1e-8, **kwargs):
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"Invalid eps: {eps!r}; expected a number > 0.")
+        eps = check_positive("eps", eps)
         super().__init__(model, source, **kwargs)
-        self.eps = float(eps)
+        self.eps = eps
 
 
 class L1SP(_Smoothed):
