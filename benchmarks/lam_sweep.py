@@ -109,6 +109,8 @@ def report(runs, args) -> str:
         for reg in args.regularizers:
             lams = args.lams or DEFAULT_LAMS[reg]
             methods = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
+            if not any((pair, m, lam) in by for m in methods for lam in lams):
+                continue  # this pair was not run with this regularizer
             lines += [f"\n**{pair.replace(':', ' -> ')}, {reg}** (fine-tuning: {ft_text})\n",
                       "| lam | method | accuracy (%) | vs vanilla, paired (points, mean ± SE) | goal | "
                       "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) |",
@@ -166,6 +168,8 @@ def plot(runs, args, output) -> list:
         ft = [100 * r["test_accuracy"] for r in runs if r["pair"] == pair and r["method"] == "finetune"]
         for reg in args.regularizers:
             lams = args.lams or DEFAULT_LAMS[reg]
+            if not any(r["pair"] == pair and r["regularizer"] == reg for r in runs):
+                continue
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
             for method in [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]:
                 xs, means, stds = [], [], []
