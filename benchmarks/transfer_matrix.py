@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -120,23 +119,10 @@ def resolve_source(name, args, image_size):
 
 
 def run_key(source, target, method, seed, cfg) -> str:
-    blob = json.dumps([source, target, method, seed, dataclasses.asdict(cfg)], sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    from paddle_dtnh.experiment import RunStore, method_spec
 
-
-def load_runs(path):
-    runs = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:  # a line cut by a crash is dropped and its run redone
-                    try:
-                        run = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    runs[run["key"]] = run
-    return runs
+    # the rule's options are in the key: redefining a preset never reuses stale runs
+    return RunStore.key(source, target, method, method_spec(method).dtnh_options, seed, dataclasses.asdict(cfg))
 
 
 def markdown_table(runs, sources, targets, methods) -> str:
@@ -175,23 +161,27 @@ def _degrees(v):
 
 
 def diagnostics_table(runs, sources, targets, methods) -> str:
-    """Per pair and regularizer: DTNH minus vanilla accuracy (same seeds), how
-    often gJ and gO conflicted, and DTNH's mean Angle 1 against Angle 3."""
-    lines = ["| source -> target | regularizer | DTNH - vanilla (points) | conflicting steps, vanilla / DTNH "
+    """Per pair and DTNH method: its accuracy minus the same regularizer's
+    without projection (same seeds), how often gJ and gO conflicted, and its
+    mean Angle 1 against Angle 3."""
+    from paddle_dtnh.experiment import method_spec
+
+    lines = ["| source -> target | method | DTNH - vanilla (points) | conflicting steps, vanilla / DTNH "
              "| mean Angle 1 / Angle 3 under DTNH (deg) |", "|---|---|---|---|---|"]
     for source in sources:
         for target in targets:
-            for reg in ("l2sp", "knowdist", "delta"):
-                if reg not in methods or f"dtnh_{reg}" not in methods:
+            for method in methods:
+                spec = method_spec(method)
+                if not spec.project or spec.regularizer not in methods:
                     continue
-                vanilla = _runs_by_seed(runs, source, target, reg)
-                dtnh = _runs_by_seed(runs, source, target, f"dtnh_{reg}")
+                vanilla = _runs_by_seed(runs, source, target, spec.regularizer)
+                dtnh = _runs_by_seed(runs, source, target, method)
                 seeds = sorted(set(vanilla) & set(dtnh))
                 if not seeds:
                     continue
                 gains = [100 * (dtnh[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
                 lines.append(
-                    f"| {source} -> {target} | {reg} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
+                    f"| {source} -> {target} | {spec.label} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
                     f"| {_mean_of(vanilla, seeds, 'conflict_rate', _percent)} / "
                     f"{_mean_of(dtnh, seeds, 'conflict_rate', _percent)} "
                     f"| {_mean_of(dtnh, seeds, 'mean_angle1', _degrees)} / "
@@ -206,15 +196,15 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from paddle_dtnh.experiment import method_spec, run_transfer
+    from paddle_dtnh.experiment import RunStore, method_spec, run_transfer, summarize_diagnostics
 
     paddle.set_device(args.device)
     init_from_launcher()
     lead = rank() == 0  # only rank 0 writes
     cfg = build_config(args)
     os.makedirs(args.output, exist_ok=True)
-    jsonl = os.path.join(args.output, "runs.jsonl")
-    done = load_runs(jsonl)
+    store = RunStore(os.path.join(args.output, "runs.jsonl"))
+    done = store.runs
     started = time.time()
     sources = {s: resolve_source(s, args, cfg.image_size) for s in args.sources}
     cells = [(s, t, m, seed) for s in args.sources for t in args.targets for seed in range(args.seeds)
@@ -229,14 +219,10 @@ def main(argv=None):
                               progress=not args.no_progress)
         diag = result.pop("diagnostics")
         result.update(key=run_key(source, target, method, seed, cfg), source=source, target=target,
-                      conflict_rate=float(np.nanmean(diag["conflict"])) if diag["conflict"] else None,
-                      mean_angle1=float(np.nanmean(diag["angle1"])) if diag["angle1"] else None,
-                      mean_angle3=float(np.nanmean(diag["angle3"])) if diag["angle3"] else None)
-        done[result["key"]] = result
+                      **summarize_diagnostics(diag))
         if not lead:
             continue
-        with open(jsonl, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        store.add(result)
         print(f"[{i}/{len(todo)}] {source} -> {target} {method_spec(method).label} seed {seed}: "
               f"{100 * result['test_accuracy']:.2f}% ({result['seconds']:.0f} s)", flush=True)
     if not lead:
