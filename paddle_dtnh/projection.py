@@ -397,9 +397,6 @@ Vert`), and the paper's angles in
     d_j = sum_jj + lam * sum_pj
     d_o = sum_jo + lam * sum_po
     d_d = sum_jj + 2.0 * lam * sum_pj + lam * lam * sum_pp
-    v_j = sum_jj + lam * sum_jo
-    v_o = sum_jo + lam * sum_oo
-    v_v = sum_jj + 2.0 * lam * sum_jo + lam * lam * sum_oo
     one = _scalar(1.0, jj, "float64")
     in_plane = granularity == "global" and batch_reference and "masks" not in gO_kept
     if in_plane:  # d = a gJ + y gO: exact in-plane angles
@@ -411,7 +408,7 @@ Vert`), and the paper's angles in
             "angle1": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=True),
             "angle2": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=False),
         }
-    else:  # per-block factors take d out of that plane
+    else:  # per-block factors take d out of that plane (the vanilla direction never leaves it)
         angles12 = {"angle1": _angle_deg(d_j, d_d, sum_jj), "angle2": _angle_deg(d_o, d_d, sum_oo)}
     if "masks" in gO_kept:
         blocks = f64["coordinate_conflicts"]
