@@ -240,3 +240,23 @@ def test_transfer_task_checks_its_inputs():
         TransferTask(net, opt)
     with pytest.raises(TypeError, match="paddle_dtnh.DTNH"):
         TransferTask(net, paddle.optimizer.SGD(0.1, parameters=net.parameters()))
+
+
+def test_plain_module_under_the_trainer_names_transfer_task(module_dir, tmp_path):
+    with paddle.utils.unique_name.guard():
+        module = hub.Module(directory=module_dir, label_list=["a", "b", "c"])
+        source = load_source(module_dir, num_classes=3).source
+        knowdist = DTNH(paddle.optimizer.SGD(0.01, parameters=module.parameters()),
+                        KnowDist(module, source, head=["out"]), lam=0.1)
+        trainer = hub.Trainer(module, knowdist, checkpoint_dir=str(tmp_path / "a"))
+        with pytest.raises(ValueError, match="wrap the model in paddle_dtnh.hub.TransferTask"):
+            trainer.train(TinyImages(4), epochs=1, batch_size=4, save_interval=1)
+        logger = DTNHLogger(str(tmp_path / "vdl"), interval=1)
+        l2sp = DTNH(paddle.optimizer.SGD(0.01, parameters=module.parameters()),
+                    L2SP(module, source, alpha=0.1, beta=0.01, head=["out"]), lam=0.1, logger=logger)
+        trainer = hub.Trainer(module, l2sp, checkpoint_dir=str(tmp_path / "b"))
+        with pytest.warns(UserWarning, match="got no empirical loss") as record:
+            trainer.train(TinyImages(8), epochs=1, batch_size=4, save_interval=1)
+        logger.close()
+    assert l2sp.num_steps == 2
+    assert sum("got no empirical loss" in str(w.message) for w in record) == 1  # once, not every step
