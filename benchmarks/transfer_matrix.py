@@ -36,7 +36,8 @@ import numpy as np
 PRESETS = {
     "offline": dict(iterations=100, batch_size=20, per_class=10, image_size=32, lr=0.01, lr_drop_at=0.75),
     "paper": dict(iterations=8000, batch_size=48, per_class=30, image_size=224, lr=0.01, lr_drop_at=0.75,
-                  augment=True, flip=True, eval_interval=500, stats_interval=50, max_test=100000),
+                  augment=True, flip=True, eval_interval=500, stats_interval=50, max_test=100000,
+                  checkpoint_every=500),
 }
 
 
@@ -215,8 +216,10 @@ def main(argv=None):
     for i, (source, target, method, seed) in enumerate(todo, 1):
         if target not in targets:
             targets[target] = load_dataset(target, root=args.target_root, download=args.download)
+        # long runs (the paper preset) checkpoint every cfg.checkpoint_every steps and resume
+        ckpt = os.path.join(args.output, "checkpoints", run_key(source, target, method, seed, cfg) + ".ckpt")
         result = run_transfer(method, sources[source], targets[target], cfg, seed=seed,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, checkpoint=ckpt)
         diag = result.pop("diagnostics")
         result.update(key=run_key(source, target, method, seed, cfg), source=source, target=target,
                       **summarize_diagnostics(diag))

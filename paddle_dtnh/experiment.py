@@ -18,6 +18,7 @@ import paddle.nn.functional as F
 
 from . import files
 from .attention import compute_attention
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
 from .architectures import ARCHITECTURES, target_from
@@ -121,6 +122,7 @@ class RunConfig:
     eval_interval: int = 20
     stats_interval: int = 5
     max_test: int = 1000
+    checkpoint_every: int = 0  # steps between checkpoints of a run given checkpoint= (0: none)
     augment: bool = False  # random crop (4 px padding)
     flip: bool = False  # random horizontal mirror per image (not for digits)
 
@@ -277,8 +279,14 @@ def run_transfer(
     seed: int = 0,
     log_dir: str | None = None,
     progress: bool = True,
+    checkpoint: str | None = None,
 ) -> dict:
     """Fine-tune a network of ``cfg.arch`` from ``source_path`` on a few-shot ``target``.
+
+    With ``checkpoint`` and ``cfg.checkpoint_every``, the run is saved there
+    every that many steps (model, optimizer, data order, random state, curves)
+    and resumed from it when it exists, ending as the uninterrupted run would;
+    the file is removed when the run finishes.
 
     Returns:
         dict: ``test_accuracy``, ``test_loss`` (final), the curves at every
@@ -339,11 +347,19 @@ def run_transfer(
         loggers.log_eval(it, test_loss, test_acc)
         return test_acc
 
-    evaluate(0)
+    order, first = [], 1
+    if checkpoint and os.path.isfile(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt)
+        first, order = state["iteration"] + 1, list(state["order"])
+        rng.bit_generator.state = state["rng"]
+        curve.update({k: list(v) for k, v in state["curve"].items()})
+        recorder.steps, recorder.values = list(state["logged_steps"]), {k: list(v) for k, v in state["logged"].items()}
+    else:
+        evaluate(0)
     model.train()
-    order = []
     with _progress(cfg.iterations, f"{spec.label} (seed {seed})", progress and me == 0) as bar:
-        for it in range(1, cfg.iterations + 1):
+        bar.update(first - 1)
+        for it in range(first, cfg.iterations + 1):
             if len(order) < cfg.batch_size:
                 order = list(rng.permutation(len(train_idx)))
             share = order[: cfg.batch_size][me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
@@ -358,9 +374,16 @@ def run_transfer(
             if it % cfg.eval_interval == 0 or it == cfg.iterations:
                 acc = evaluate(it)
                 bar.set_postfix(test_acc=f"{acc:.3f}")
+            if checkpoint and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations \
+                    and me == 0:
+                save_checkpoint(checkpoint, model, opt, iteration=it, order=[int(i) for i in order],
+                                rng=rng.bit_generator.state, curve=curve, logged_steps=recorder.steps,
+                                logged=recorder.values)
             bar.update(1)
     if vdl is not None:
         vdl.close()
+    if checkpoint and me == 0 and os.path.isfile(checkpoint):
+        os.remove(checkpoint)  # the run is complete: its result is what counts now
     return {
         "method": method,
         "seed": seed,

@@ -117,3 +117,33 @@ def test_the_paddlehub_network_runs_through_the_harness(tmp_path):
     wrong = RunConfig(arch="resnet18", iterations=1, batch_size=8, per_class=2, image_size=16, max_test=20)
     with pytest.raises(ValueError, match="holds no resnet18 weights"):
         run_transfer("l2sp", path, load_dataset("digits"), wrong, seed=0, progress=False)
+
+
+def test_a_checkpointed_run_resumes_to_the_same_result(tiny_source, tmp_path, monkeypatch):
+    """Interrupted after step 3 (checkpoints at 2), resumed: the same curves and diagnostics."""
+    import paddle_dtnh.experiment as experiment
+
+    _, path = tiny_source
+    cfg = RunConfig(iterations=6, batch_size=8, per_class=2, image_size=16, eval_interval=3, stats_interval=1,
+                    max_test=40, checkpoint_every=2, augment=True)
+    target = load_dataset("digits")
+    straight = run_transfer("dtnh_l2sp@never_hurt", path, target, cfg, seed=1, progress=False)
+    ckpt = str(tmp_path / "run.ckpt")
+    calls = {"n": 0}
+    real = experiment.DTNH.update
+
+    def dies_at_step_4(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(experiment.DTNH, "update", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer("dtnh_l2sp@never_hurt", path, target, cfg, seed=1, progress=False, checkpoint=ckpt)
+    monkeypatch.setattr(experiment.DTNH, "update", real)
+    assert os.path.isfile(ckpt)
+    resumed = run_transfer("dtnh_l2sp@never_hurt", path, target, cfg, seed=1, progress=False, checkpoint=ckpt)
+    assert resumed["curve"] == straight["curve"]
+    assert resumed["diagnostics"] == straight["diagnostics"]
+    assert not os.path.exists(ckpt)  # removed once the run is complete
