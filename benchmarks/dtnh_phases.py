@@ -15,26 +15,24 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from paddle_dtnh.architectures import target_from
+from paddle_dtnh.architectures import ARCHITECTURES, target_from
+from paddle_dtnh.experiment import RunConfig, build_regularizer
 from paddle_dtnh.projection import dtnh_direction
-from paddle_dtnh.regularizers import DELTA, KnowDist
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regularizer", choices=["knowdist", "delta"], default="knowdist")
+    parser.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
 
     paddle.seed(0)
-    source = paddle.vision.models.resnet18(num_classes=1000)
+    source = ARCHITECTURES[args.arch].build(1000)
     model = target_from(source, num_classes=10)
-    if args.regularizer == "knowdist":
-        reg = KnowDist(model, source, head=["fc"])
-    else:
-        reg = DELTA(model, source, alpha=0.01, beta=0.01, head=["fc"])
+    reg = build_regularizer(args.regularizer, model, source, RunConfig())
     opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
     params = [p for p in model.parameters() if not p.stop_gradient]
     x = paddle.randn([args.batch_size, 3, args.image_size, args.image_size])

@@ -16,15 +16,16 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from paddle_dtnh.architectures import target_from
 from paddle_dtnh import DTNH
-from paddle_dtnh.regularizers import L2SP, KnowDist
+from paddle_dtnh.architectures import ARCHITECTURES, target_from
+from paddle_dtnh.experiment import RunConfig, build_regularizer
 from paddle_dtnh.visualdl import DTNHLogger
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regularizer", choices=["l2sp", "knowdist"], default="l2sp")
+    parser.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18")
     parser.add_argument("--interval", type=int, default=10, help="logging interval (default: 10, the default)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=32)
@@ -32,17 +33,14 @@ def main():
     args = parser.parse_args()
 
     paddle.seed(0)
-    source = paddle.vision.models.resnet18(num_classes=1000)
+    source = ARCHITECTURES[args.arch].build(1000)
     x = paddle.randn([args.batch_size, 3, args.image_size, args.image_size])
     y = paddle.randint(0, 10, [args.batch_size])
     logdir = tempfile.mkdtemp(prefix="dtnh_vdl_")
 
     def build(logger):
         model = target_from(source, num_classes=10)
-        if args.regularizer == "l2sp":
-            reg = L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"])
-        else:
-            reg = KnowDist(model, source, head=["fc"])
+        reg = build_regularizer(args.regularizer, model, source, RunConfig())
         opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()), reg, lam=1.0, logger=logger)
 
         def step():

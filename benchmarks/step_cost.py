@@ -72,21 +72,13 @@ def build_step(args, name, paddle, source, x, y):
     import paddle.nn.functional as F
 
     from paddle_dtnh import DTNH
-    from paddle_dtnh.architectures import architecture_of, target_from
-    from paddle_dtnh.experiment import method_spec
-    from paddle_dtnh.regularizers import DELTA, L2, L2SP, KnowDist
+    from paddle_dtnh.architectures import target_from
+    from paddle_dtnh.experiment import RunConfig, build_regularizer, method_spec
 
     paddle.seed(0)
     model = target_from(source, num_classes=10)
     spec = method_spec(name)
-    head = [architecture_of(model).head]
-    regularizers = {
-        "l2": lambda: L2(model, alpha=0.01, beta=0.01, head=head),
-        "l2sp": lambda: L2SP(model, source, alpha=0.1, beta=0.01, head=head),
-        "knowdist": lambda: KnowDist(model, source, head=head),
-        "delta": lambda: DELTA(model, source, alpha=0.01, beta=0.01, head=head),
-    }
-    reg = regularizers[spec.regularizer]()
+    reg = build_regularizer(spec.regularizer, model, source, RunConfig())  # DELTA: uniform attention
     inner = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
     opt = DTNH(inner, reg, lam=1.0, **spec.dtnh_options)
     on_cpu = paddle.device.get_device() == "cpu"

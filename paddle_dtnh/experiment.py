@@ -21,14 +21,14 @@ from .attention import compute_attention
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
-from .architectures import ARCHITECTURES, target_from
+from .architectures import ARCHITECTURES, head_of, target_from
 from .optimizer import DTNH
 from .presets import PRESETS
 from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
 __all__ = ["METHODS", "CONFLICT_RULES", "MethodSpec", "method_spec", "RunConfig", "pretrain_source",
-           "run_transfer", "Recorder", "RunStore", "summarize_diagnostics"]
+           "run_transfer", "build_regularizer", "Recorder", "RunStore", "summarize_diagnostics"]
 
 
 #: regularizers a method can use, with their display names
@@ -258,16 +258,20 @@ class Recorder(StepLogger):
                 self.values[k].append(float(stats[k]) if k in stats else float("nan"))
 
 
-def _build_regularizer(kind, model, source, cfg, target_batches, num_classes, progress):
-    head = [ARCHITECTURES[cfg.arch].head]
+def build_regularizer(kind: str, model, source, cfg: RunConfig, attention=None):
+    """The regularizer ``kind`` (a key of :data:`REGULARIZERS`) with ``cfg``'s
+    coefficients, for ``model`` (whose architecture names the head) and ``source``.
+    DELTA uses ``attention`` (None: uniform channel weights)."""
+    head = [head_of(model)]
     if kind == "l2":
         return L2(model, alpha=cfg.alpha["l2"], beta=cfg.beta, head=head)
     if kind == "l2sp":
         return L2SP(model, source, alpha=cfg.alpha["l2sp"], beta=cfg.beta, head=head, strict=False)
     if kind == "knowdist":
         return KnowDist(model, source, head=head)
-    attention = compute_attention(source, target_batches, num_classes=num_classes, progress=progress)
-    return DELTA(model, source, alpha=cfg.alpha["delta"], beta=cfg.beta, head=head, attention=attention)
+    if kind == "delta":
+        return DELTA(model, source, alpha=cfg.alpha["delta"], beta=cfg.beta, head=head, attention=attention)
+    raise ValueError(f"Unknown regularizer {kind!r}; expected one of {list(REGULARIZERS)}.")
 
 
 def run_transfer(
@@ -320,7 +324,10 @@ def run_transfer(
 
     batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
                for i in range(0, len(train_idx), cfg.batch_size)]
-    reg = _build_regularizer(spec.regularizer, model, source, cfg, batches, target.num_classes, progress)
+    attention = None
+    if spec.regularizer == "delta":
+        attention = compute_attention(source, batches, num_classes=target.num_classes, progress=progress)
+    reg = build_regularizer(spec.regularizer, model, source, cfg, attention)
     schedule = paddle.optimizer.lr.PiecewiseDecay(
         [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
     inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
