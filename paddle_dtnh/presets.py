@@ -2,8 +2,12 @@
 
 ``"paper"`` is the published algorithm (Wan et al., Algorithm 1): one
 projection over all parameters, judged against this batch's gradient of the
-empirical loss. ``"never_hurt"`` is the rule this project's evidence
-recommends (README, "Making it never hurt"); it goes beyond the paper.
+empirical loss. ``"never_hurt"`` goes beyond the paper: when the
+regularizer's gradient conflicts with the data's over all parameters, the
+step drops it entirely (d = gJ), otherwise d = gJ + lam * gO. Chosen by the
+evidence in the README ("Making it never hurt"): where L2-SP hurt it
+recovered 92% of the gap to fine-tuning, where KnowDist helped it kept all
+of the gain, and it is the cheapest of the rules that did both.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ __all__ = ["PRESETS", "resolve_preset"]
 #: preset name -> keyword arguments of :class:`paddle_dtnh.DTNH`
 PRESETS = MappingProxyType({
     "paper": MappingProxyType(dict(granularity="global", rule="project", reference="batch")),
-    "never_hurt": MappingProxyType(dict(granularity="layer", rule="drop", reference="batch")),
+    "never_hurt": MappingProxyType(dict(granularity="global", rule="drop", reference="batch")),
 })
 
 
