@@ -115,7 +115,7 @@ def report(runs, args) -> str:
                       "| lam | method | accuracy (%) | vs vanilla, paired (points, mean ± SE) | goal | "
                       "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) |",
                       "|---|---|---|---|---|---|---|---|"]
-            for lam in lams:
+            for lam in sorted(lams):
                 vanilla = by.get((pair, reg, lam), {})
                 for method in methods:
                     cell = by.get((pair, method, lam), {})
@@ -173,7 +173,7 @@ def plot(runs, args, output) -> list:
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
             for method in [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]:
                 xs, means, stds = [], [], []
-                for lam in lams:
+                for lam in sorted(lams):
                     acc = [100 * r["test_accuracy"] for r in runs
                            if r["pair"] == pair and r["method"] == method and r["lam"] == lam]
                     if acc:
