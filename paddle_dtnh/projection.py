@@ -74,8 +74,8 @@ def _dots(xs, ys, like) -> paddle.Tensor:
 
 
 def _check_aligned(task_grads, reg_grads, reference_grads) -> paddle.Tensor:
-    """Lists of equal length whose tensors agree in shape and dtype, index by
-    index; returns one non-None tensor (for the dtype of zeros)."""
+    """Lists of equal length whose tensors agree in shape, dtype and place,
+    index by index (metadata only: no host sync); returns one non-None tensor."""
     lists = {"task_grads": task_grads, "reg_grads": reg_grads}
     if reference_grads is not None:
         lists["reference_grads"] = reference_grads
@@ -92,11 +92,11 @@ def _check_aligned(task_grads, reg_grads, reference_grads) -> paddle.Tensor:
             continue
         first_name, first = present[0]
         for name, g in present[1:]:
-            if list(g.shape) != list(first.shape) or g.dtype != first.dtype:
+            if list(g.shape) != list(first.shape) or g.dtype != first.dtype or not g.place._equals(first.place):
                 raise ValueError(
-                    f"Gradient {i}: {first_name} has shape {list(first.shape)} and dtype "
-                    f"{first.dtype}, {name} has shape {list(g.shape)} and dtype {g.dtype}; "
-                    "each index must hold the gradients of one parameter."
+                    f"Gradient {i}: {first_name} has shape {list(first.shape)}, dtype {first.dtype} "
+                    f"and place {first.place}, {name} has shape {list(g.shape)}, dtype {g.dtype} and "
+                    f"place {g.place}; each index must hold the gradients of one parameter."
                 )
         like = first if like is None else like
     if like is None:
