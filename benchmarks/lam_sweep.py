@@ -140,7 +140,7 @@ def report(runs, args) -> str:
 def goal_text(cell, vanilla, finetune, is_vanilla) -> str:
     """Where vanilla is below fine-tuning: the share of the gap recovered
     (goal >= 50%); where it is above: the share of its gain kept (goal >= 80%).
-    Means over the seeds all three have; '(gap < SE)' where the gap or gain is
+    Means over the seeds all three have; where the gap or gain is
     within one standard error of the paired vanilla - fine-tuning differences."""
     seeds = sorted(set(cell) & set(vanilla) & set(finetune))
     if is_vanilla or not seeds:
@@ -149,12 +149,12 @@ def goal_text(cell, vanilla, finetune, is_vanilla) -> str:
     gap = acc(vanilla) - acc(finetune)  # < 0: the regularizer hurts
     mean_gap = gap.mean()
     sem = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("inf")
-    share = (acc(cell) - acc(finetune)).mean() / mean_gap if mean_gap else float("nan")
+    if abs(mean_gap) <= sem:  # a share of noise means nothing
+        return f"no gap beyond noise ({mean_gap:+.1f} ± {sem:.1f} pt)"
+    share = (acc(cell) - acc(finetune)).mean() / mean_gap
     if mean_gap < 0:  # recovered share of the gap: 1 - remaining gap / gap
-        text = f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
-    else:
-        text = f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"
-    return text + (" (gap < SE)" if abs(mean_gap) <= sem else "")
+        return f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
+    return f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"
 
 
 def plot(runs, args, output) -> list:
