@@ -147,7 +147,10 @@ def target_from(source: paddle.nn.Layer, num_classes: int) -> paddle.nn.Layer:
         )
     model = arch.build(num_classes)
     prefix = arch.head + "."
-    model.set_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith(prefix)})
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith(prefix)}
+    # the fresh head keeps its own values; listing them spares Paddle's "Skip loading" warnings
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefix)})
+    model.set_state_dict(state)
     return model
 
 
