@@ -224,6 +224,7 @@ class DTNH:
         self._params = params
         model = model if model is not None else getattr(regularizer, "model", None)
         self._names = _stable_names(params, model)
+        self._stable_of = {p.name: name for p, name in zip(params, self._names)}  # Paddle name -> stable
         self.regularizer = regularizer
         self.lam0 = check_nonnegative("lam", lam)
         self.lam_decay = check_ratio("lam_decay", lam_decay)
@@ -529,11 +530,10 @@ class DTNH:
 
     def _inner_state(self) -> dict:
         """The inner optimizer's state keyed by stable parameter names."""
-        by_param = {p.name: name for p, name in zip(self._params, self._names)}
         accumulators, generated = {}, set()
         for acc, per_param in self._inner._accumulators.items():
             for param_name, var in per_param.items():
-                accumulators.setdefault(by_param[param_name], {})[acc] = var
+                accumulators.setdefault(self._stable_of[param_name], {})[acc] = var
                 generated.add(var.name)
         other = {k: v for k, v in self._inner.state_dict().items() if k not in generated}
         return {"format": _INNER_FORMAT, "accumulators": accumulators, "other": other}
@@ -558,12 +558,17 @@ class DTNH:
     def check_state_dict(self, state_dict) -> None:
         """Raise ValueError (naming the item and the fix) unless ``state_dict``
         fits this optimizer; nothing is changed."""
+        self._validated(state_dict)
+
+    def _validated(self, state_dict) -> dict:
+        """``state_dict`` with its arrays as tensors, once checked to fit (see
+        :meth:`check_state_dict`)."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
         state_dict = files.to_tensors(state_dict)  # paddle.Model.load leaves (name, ndarray) pairs
         if _STATE_KEY not in state_dict:
             self._check_bare_inner(state_dict)
-            return
+            return state_dict
         ours, inner = state_dict[_STATE_KEY], state_dict.get(_INNER_KEY)
         missing = {"num_steps", "skipped_steps", "epoch"} - set(ours if isinstance(ours, dict) else {})
         if missing or not isinstance(inner, dict):
@@ -603,6 +608,7 @@ class DTNH:
                 + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
                 + "\nBuild the same model, optimizer and model= as when it was saved."
             )
+        return state_dict
 
     def _check_bare_inner(self, state_dict) -> None:
         """A bare inner optimizer's checkpoint is keyed by generated names: accept
@@ -622,8 +628,7 @@ class DTNH:
         """Load a state saved by :meth:`state_dict` (or, where its generated names
         still match, by the bare inner optimizer). All or nothing: the whole dict
         is checked (names, shapes, dtypes) before anything is written."""
-        self.check_state_dict(state_dict)
-        state_dict = files.to_tensors(state_dict)
+        state_dict = self._validated(state_dict)
         if _STATE_KEY not in state_dict:
             self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
             return
@@ -655,8 +660,7 @@ class DTNH:
         if trainable:
             block = paddle.static.default_main_program().global_block()
             self._inner._create_accumulators(block, trainable)
-        stable = {p.name: name for p, name in zip(self._params, self._names)}
-        return {(stable[param_name], acc): var for acc, per_param in self._inner._accumulators.items()
+        return {(self._stable_of[param_name], acc): var for acc, per_param in self._inner._accumulators.items()
                 for param_name, var in per_param.items()}
 
     def _load_accumulators(self, saved: dict, params: dict) -> None:
