@@ -205,7 +205,7 @@ def main(argv=None):
     store = RunStore(os.path.join(args.output, "runs.jsonl"))
     cells = grid(args)
     # the key holds the rule's options, so redefining a preset never reuses stale runs
-    keyed = [(cell, store.key(*cell, method_spec(cell[3]).dtnh_options, args.iterations, args.max_test,
+    keyed = [(cell, store.key(*cell, method_spec(cell[3]).resolved_options, args.iterations, args.max_test,
                               *([args.arch] if args.arch != "resnet18" else [])))
              for cell in cells]
     todo = [(cell, key) for cell, key in keyed if key not in store.runs]

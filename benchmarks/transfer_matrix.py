@@ -123,7 +123,7 @@ def run_key(source, target, method, seed, cfg) -> str:
     from paddle_dtnh.experiment import RunStore, method_spec
 
     # the rule's options are in the key: redefining a preset never reuses stale runs
-    return RunStore.key(source, target, method, method_spec(method).dtnh_options, seed, dataclasses.asdict(cfg))
+    return RunStore.key(source, target, method, method_spec(method).resolved_options, seed, dataclasses.asdict(cfg))
 
 
 def markdown_table(runs, sources, targets, methods) -> str:

@@ -23,7 +23,7 @@ from .data import ImageSet, few_shot_indices, load_dataset, to_tensor_batch
 from .distributed import rank, world_size
 from .architectures import ARCHITECTURES, head_of, target_from
 from .optimizer import DTNH
-from .presets import PRESETS
+from .presets import PRESETS, resolve_preset
 from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
@@ -44,6 +44,9 @@ CONFLICT_RULES = {
     "coordinate": dict(granularity="coordinate", reference="batch"),
     "layer_drop_ema": dict(granularity="layer", rule="drop", reference="ema"),
     "coordinate_ema": dict(granularity="coordinate", reference="ema"),
+    # the kept pull capped at ||gJ|| (max_reg_ratio), after the paper's rule or layer_drop_ema
+    "paper_cap": dict(granularity="global", rule="project", reference="batch", max_reg_ratio=1.0),
+    "layer_drop_ema_cap": dict(granularity="layer", rule="drop", reference="ema", max_reg_ratio=1.0),
 }
 
 
@@ -57,6 +60,15 @@ class MethodSpec:
     @property
     def dtnh_options(self) -> dict:
         return dict(CONFLICT_RULES[self.rule]) if self.project else {"project": False}
+
+    @property
+    def resolved_options(self) -> dict:
+        """The options with a preset spelled out: what a stored run is keyed
+        by, so redefining a preset never reuses its stale runs."""
+        options = self.dtnh_options
+        if "preset" in options:
+            options = resolve_preset(options.pop("preset"), **options)
+        return options
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -135,8 +135,9 @@ class DTNH:
         steps_per_epoch (int, optional): if given, an epoch ends every this
             many applied steps; otherwise call :meth:`next_epoch`. Default: None.
         preset (str, optional): a name in :data:`paddle_dtnh.PRESETS` giving
-            ``granularity``, ``rule`` and ``reference``; the explicit
-            arguments below override it. Default: "paper".
+            ``granularity``, ``rule``, ``reference`` (and ``max_reg_ratio``
+            if it sets one); the explicit arguments below override it.
+            Default: "paper".
         granularity (str, optional): the block a conflict is judged on:
             ``"global"`` (the paper), ``"layer"`` or ``"coordinate"``.
         rule (str, optional): ``"project"`` (the paper) or ``"drop"``; see
@@ -144,11 +145,16 @@ class DTNH:
         reference (str, optional): ``"batch"`` (this batch's :math:`g_J`, the
             paper) or ``"ema"``: an exponential moving average
             :math:`m \leftarrow \beta m + (1-\beta) g_J` (started at the first
-            :math:`g_J`), which costs one gradient copy of memory and is
-            part of :meth:`state_dict`. Guarantee: :math:`\langle d, r\rangle
+            :math:`g_J` and again after a skipped step), which costs one
+            gradient copy of memory and is part of :meth:`state_dict`. Guarantee: :math:`\langle d, r\rangle
             \ge \langle g_J, r\rangle` for the reference :math:`r`.
         ema_decay (float, optional): :math:`\beta` of ``reference="ema"``, in
             [0, 1). Default: 0.9.
+        max_reg_ratio (float, optional): :math:`\rho > 0`: after the rule,
+            scale the kept pull down so that :math:`\lVert\lambda
+            g'_\Omega\rVert \le \rho \lVert g_J\rVert` (over all
+            parameters): a pull that is not in conflict may still not
+            outweigh the data. Default: None (no cap, the paper).
         project (bool, optional): ``False`` steps along :math:`g_J + \lambda
             g_\Omega` without projection: the vanilla regularized baseline,
             through the same code. Default: True.
@@ -201,6 +207,7 @@ class DTNH:
         rule: str | None = None,
         reference: str | None = None,
         ema_decay: float = 0.9,
+        max_reg_ratio: float | None = None,
         project: bool = True,
         on_nonfinite: str = "skip",
         track_stats: bool = False,
@@ -208,7 +215,8 @@ class DTNH:
         eps: float = 1e-20,
         model: paddle.nn.Layer | None = None,
     ):
-        options = resolve_preset(preset, granularity=granularity, rule=rule, reference=reference)
+        options = resolve_preset(preset, granularity=granularity, rule=rule, reference=reference,
+                                 max_reg_ratio=max_reg_ratio)
         check_choice("granularity", options["granularity"], GRANULARITIES)
         check_choice("rule", options["rule"], RULES)
         check_choice("reference", options["reference"], REFERENCES)
@@ -234,6 +242,8 @@ class DTNH:
         self.rule = options["rule"]
         self.reference = options["reference"]
         self.ema_decay = check_ratio("ema_decay", ema_decay, low_open=False)
+        ratio = options.get("max_reg_ratio")
+        self.max_reg_ratio = None if ratio is None else check_positive("max_reg_ratio", ratio)
         self.project = bool(project)
         self.on_nonfinite = on_nonfinite
         self.track_stats = track_stats
@@ -406,25 +416,34 @@ class DTNH:
             self.logger is not None and self.logger.wants_stats(self.num_steps + 1)
         )
 
-    def _reference(self, params, task_grads):
-        """The reference conflicts are judged against (None: the batch's gJ),
-        and the moving average to keep if the step is applied."""
+    def _update_reference(self, params, task_grads):
+        """The reference conflicts are judged against: None (the batch's gJ),
+        or the moving average of gJ, updated in place with this batch's gJ
+        (before the direction overwrites it). A skipped step restarts the
+        average (see :meth:`_skip`), so a non-finite gJ never stays in it."""
         if self.reference == "batch" or not self.project:
-            return None, None
+            return None
         beta = self.ema_decay
-        updated = {}
+        reference = []
         for p, g in zip(params, task_grads):
             m = self._ema.get(id(p))
-            if g is None:
-                updated[id(p)] = None if m is None else beta * m
+            if m is None:
+                m = None if g is None else g.detach().clone()
+            elif g is None:
+                m.scale_(beta)
             else:
-                updated[id(p)] = g.clone() if m is None else paddle.lerp(m, g, 1.0 - beta)
-        return [updated[id(p)] for p in params], updated
+                # beta*m + (1-beta)*g in three in-place passes: no temporary
+                # (paddle.lerp is several times slower on CPU and allocates)
+                m.scale_(beta / (1.0 - beta)).add_(g.detach()).scale_(1.0 - beta)
+            if m is not None:
+                self._ema[id(p)] = m
+            reference.append(m)
+        return reference
 
     def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads):
         lam = self.lam
         with_stats = self._wants_stats()
-        reference, ema = self._reference(params, task_grads)
+        reference = self._update_reference(params, task_grads)
         # detach() shares storage (no copy) and lets Paddle write in place; in
         # hook mode that is p.grad itself, which the direction replaces anyway
         directions, stats = dtnh_direction(
@@ -434,6 +453,7 @@ class DTNH:
             granularity=self.granularity,
             rule=self.rule,
             reference_grads=reference,
+            max_reg_ratio=self.max_reg_ratio,
             eps=self.eps,
             project=self.project,
             with_stats=with_stats,
@@ -442,8 +462,6 @@ class DTNH:
         # the one host sync of a step: whether to step at all
         if not bool(_all_finite(directions)):
             return self._skip(params, owns_grads)
-        if ema is not None:
-            self._ema = ema
         if with_stats and self.regularizer is not None and omega is None:
             with paddle.no_grad():  # Omega at the weights gO was taken at
                 omega = self.regularizer()
@@ -465,6 +483,7 @@ class DTNH:
 
     def _skip(self, params, owns_grads) -> dict:
         self.skipped_steps += 1
+        self._ema = {}  # restart the moving average: this batch's gJ is in it
         if owns_grads:
             for p in params:
                 p.clear_gradient(False)
@@ -526,7 +545,7 @@ class DTNH:
     def _config(self) -> dict:
         return {"lam": self.lam0, "lam_decay": self.lam_decay, "granularity": self.granularity,
                 "rule": self.rule, "reference": self.reference, "ema_decay": self.ema_decay,
-                "project": self.project}
+                "max_reg_ratio": self.max_reg_ratio, "project": self.project}
 
     def _inner_state(self) -> dict:
         """The inner optimizer's state keyed by stable parameter names."""
@@ -679,5 +698,5 @@ class DTNH:
         return (
             f"DTNH({type(self._inner).__name__}, regularizer={reg}, lam={self.lam0}, "
             f"lam_decay={self.lam_decay}, granularity={self.granularity!r}, rule={self.rule!r}, "
-            f"reference={self.reference!r}, project={self.project})"
+            f"reference={self.reference!r}, max_reg_ratio={self.max_reg_ratio}, project={self.project})"
         )

@@ -23,7 +23,10 @@ Beyond the paper, one family of conflict rules (``d = gJ + lam * gO'``):
   ``gO``; per coordinate the two coincide;
 * the reference ``r`` conflicts are judged against: this batch's ``gJ``
   (the paper), or any other list of tensors (``reference_grads``, e.g. the
-  moving average of ``gJ`` that :class:`paddle_dtnh.DTNH` keeps).
+  moving average of ``gJ`` that :class:`paddle_dtnh.DTNH` keeps);
+* ``max_reg_ratio``: optionally, the kept pull is scaled down so that
+  ``||lam * gO'|| <= max_reg_ratio * ||gJ||`` (over all parameters), for
+  when a pull that is not in conflict still outweighs the data.
 
 Every rule guarantees, per block, :math:`\\langle g'_{\\Omega,b}, r_b\\rangle \\ge 0`,
 hence :math:`\\langle d, r\\rangle \\ge \\langle g_J, r\\rangle`; with the batch
@@ -141,6 +144,7 @@ def dtnh_direction(
     *,
     rule: str = "project",
     reference_grads: Sequence[paddle.Tensor | None] | None = None,
+    max_reg_ratio: float | None = None,
 ):
     r"""Combine the empirical-loss and regularizer gradients the DTNH way.
 
@@ -160,6 +164,12 @@ def dtnh_direction(
     Guarantee, every block: :math:`\langle g'_{\Omega,b}, r_b\rangle \ge 0`,
     so :math:`\langle d, r\rangle \ge \langle g_J, r\rangle`; with the batch
     reference, :math:`\langle d, g_J\rangle \ge \lVert g_J\rVert^2`.
+
+    With ``max_reg_ratio`` :math:`\rho`, :math:`g'_\Omega` is then scaled by
+    :math:`s = \min\big(1, \rho\lVert g_J\rVert / (\lambda\lVert g'_\Omega\rVert)\big)`
+    (norms over all parameters), so also
+    :math:`\lVert d - g_J\rVert \le \rho\lVert g_J\rVert`; the guarantee
+    above still holds (:math:`s \ge 0`).
 
     Args:
         task_grads (list[Tensor|None]): gradient of the empirical loss J,
@@ -186,6 +196,11 @@ def dtnh_direction(
         reference_grads (list[Tensor|None], optional): the reference
             :math:`r` conflicts are judged against, aligned with the other
             lists. Default: None, i.e. ``task_grads`` (the paper).
+        max_reg_ratio (float, optional): :math:`\rho > 0`, the largest
+            :math:`\lVert\lambda g'_\Omega\rVert / \lVert g_J\rVert`
+            allowed. Costs two more reductions over the gradients (one with
+            ``with_stats``). Ignored with ``project=False``. Default: None
+            (no cap, the paper).
 
     Returns:
         tuple: ``(directions, stats)``. ``directions`` is a list aligned
@@ -214,6 +229,8 @@ def dtnh_direction(
     check_choice("rule", rule, RULES)
     lam = check_nonnegative("lam", lam)
     eps = check_positive("eps", eps)
+    if max_reg_ratio is not None:
+        max_reg_ratio = check_positive("max_reg_ratio", max_reg_ratio)
     like = _check_aligned(task_grads, reg_grads, reference_grads)
     batch_reference = reference_grads is None
     ref = task_grads if batch_reference else reference_grads
@@ -223,7 +240,7 @@ def dtnh_direction(
     stats = {"conflict": (ro.sum() < 0).astype(like.dtype)}
     # the diagnostics read the inputs, so they are taken before any in-place write
     inner = _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) if with_stats else None
-    masks = None
+    masks, rr = None, None
     if not project:
         gO_kept = {"keep": _scalar(1.0, like)}
     elif granularity == "coordinate":
@@ -232,6 +249,9 @@ def dtnh_direction(
         gO_kept = {"masks": masks}
         if with_stats:
             inner.update(_masked_stats(task_grads, reg_grads, masks, like))
+        # gO' = mask * gO, formed once (the cap measures it)
+        reg_grads = [go if go is None or m is None else (go.multiply_(m) if inplace else go * m)
+                     for go, m in zip(reg_grads, masks)]
     elif rule == "drop":
         block_ro = ro.sum() if granularity == "global" else ro
         gO_kept = {"keep": (block_ro >= 0).astype(like.dtype)}
@@ -242,30 +262,61 @@ def dtnh_direction(
         coef = paddle.minimum(block_ro, paddle.zeros_like(block_ro)) / paddle.clip(block_rr, min=eps)
         gO_kept = {"coef": coef}
 
+    # lam, times the cap's factor s (a 0-d tensor) with max_reg_ratio
+    scale = lam
+    if max_reg_ratio is not None and project:
+        gO_kept["cap"] = _cap_factor(task_grads, reg_grads, ref, ro, rr, gO_kept, inner, lam, max_reg_ratio,
+                                     granularity, batch_reference, like)
+        scale = lam * gO_kept["cap"]
+
     directions = []
     for i, (gj, go, r) in enumerate(zip(task_grads, reg_grads, ref)):
         if "keep" in gO_kept:  # vanilla or drop: d = gJ + lam * keep_b * gO
             keep = gO_kept["keep"]
-            scale = lam if not project else lam * (keep if keep.ndim == 0 else keep[i])
+            block_scale = lam if not project else scale * (keep if keep.ndim == 0 else keep[i])
+            directions.append(_combine(gj, go, block_scale, inplace=inplace))
+        elif masks is not None:  # d = gJ + lam * gO' (gO' = mask * gO, formed above)
             directions.append(_combine(gj, go, scale, inplace=inplace))
-        elif masks is not None:  # d = gJ + lam * mask * gO
-            if go is not None and masks[i] is not None:
-                go = go.multiply_(masks[i]) if inplace else go * masks[i]
-            directions.append(_combine(gj, go, lam, inplace=inplace))
         else:
             c = gO_kept["coef"] if granularity == "global" else gO_kept["coef"][i]
             if batch_reference:
                 # the paper: d = (1 - lam c) gJ + lam gO; a tensor with gO =
                 # None still loses c * gJ under the global projection
                 directions.append(None if gj is None and go is None
-                                  else _combine(gj, go, lam, task_scale=1.0 - lam * c, inplace=inplace))
+                                  else _combine(gj, go, scale, task_scale=1.0 - scale * c, inplace=inplace))
             else:
-                extra = None if r is None else (-lam * c) * r
-                directions.append(_combine(gj, go, lam, extra=extra, inplace=inplace))
+                extra = None if r is None else (-scale * c) * r
+                directions.append(_combine(gj, go, scale, extra=extra, inplace=inplace))
     if with_stats:
         stats.update(direction_stats(inner, gO_kept, lam, granularity=granularity,
                                      batch_reference=batch_reference))
     return directions, stats
+
+
+def _cap_factor(task_grads, reg_kept, ref, ro, rr, gO_kept, inner, lam, ratio, granularity,
+                batch_reference, like) -> paddle.Tensor:
+    """s = min(1, ratio * ||gJ|| / (lam * ||gO'||)) as a 0-d tensor; ``reg_kept``
+    is gO' for the coordinate rule, gO otherwise; ``rr`` the per-tensor
+    ||r||^2 when the rule computed it, else None."""
+    if inner is not None:
+        jj = inner["jj"]
+    elif rr is not None and batch_reference:
+        jj = rr
+    else:
+        jj = _dots(task_grads, task_grads, like)
+    if "masks" in gO_kept:
+        kept_sq = _dots(reg_kept, reg_kept, like).sum()
+    else:
+        oo = inner["oo"] if inner is not None else _dots(reg_kept, reg_kept, like)
+        if "keep" in gO_kept:
+            kept_sq = (gO_kept["keep"] * oo).sum()
+        else:  # ||gO_b - c_b r_b||^2 = oo - 2 c ro + c^2 rr, per block
+            c = gO_kept["coef"]  # the project rule computed rr
+            if granularity == "global":
+                oo, ro, rr = oo.sum(), ro.sum(), rr.sum()
+            kept_sq = paddle.clip(oo - 2.0 * c * ro + c * c * rr, min=0.0).sum()
+    pull = lam * paddle.sqrt(kept_sq)
+    return paddle.clip(ratio * paddle.sqrt(jj.sum()) / paddle.clip(pull, min=1e-30), max=1.0)
 
 
 def _stats_inputs(task_grads, reg_grads, ref, ro, like, batch_reference) -> dict:
@@ -350,7 +401,8 @@ def direction_stats(inner: dict, gO_kept: dict, lam: float, *, granularity="glob
             per-coordinate rule ``pj``, ``po`` and ``coordinate_conflicts``.
         gO_kept (dict): how gO' was formed: ``keep`` (0-d or per tensor, the
             share of gO kept by "drop", or 1 without projection), ``coef``
-            (the coefficient of r removed by "project") or ``masks``.
+            (the coefficient of r removed by "project") or ``masks``; and
+            ``cap``, the factor of ``max_reg_ratio``, if any.
         lam (float): the regularization coefficient.
         granularity (str, optional): the blocks. Default: "global".
         batch_reference (bool, optional): whether r is gJ. Default: True.
@@ -392,6 +444,10 @@ Vert`), and the paper's angles in
     else:
         c = gO_kept["coef"].astype("float64")
         pj, po, pp = jo - c * rj, oo - c * ro, oo - 2.0 * c * ro + c * c * rr
+    # the cap scales gO' by s
+    s = gO_kept["cap"].astype("float64") if "cap" in gO_kept else None
+    if s is not None:
+        pj, po, pp = s * pj, s * po, s * s * pp
     sum_jj, sum_oo, sum_jo = jj.sum(), oo.sum(), jo.sum()
     sum_pj, sum_po, sum_pp = pj.sum(), po.sum(), pp.sum()
     d_j = sum_jj + lam * sum_pj
@@ -400,10 +456,11 @@ Vert`), and the paper's angles in
     one = _scalar(1.0, jj, "float64")
     in_plane = granularity == "global" and batch_reference and "masks" not in gO_kept
     if in_plane:  # d = a gJ + y gO: exact in-plane angles
+        y = lam * one if s is None else lam * s  # d = a gJ + y gO
         if "coef" in gO_kept:
-            a, y = one - lam * gO_kept["coef"].astype("float64"), lam * one
+            a = one - y * gO_kept["coef"].astype("float64")
         else:
-            a, y = one, lam * gO_kept["keep"].astype("float64")
+            a, y = one, y * gO_kept["keep"].astype("float64")
         angles12 = {
             "angle1": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=True),
             "angle2": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=False),

@@ -73,3 +73,30 @@ def test_one_loop_for_every_regularizer_gives_the_dtnh_step(kind, mode, float64)
     before = flat(params, params)
     dtnh_step(opt, x, y, mode)  # the user's loop, the same for every regularizer
     np.testing.assert_allclose((before - flat(params, params)) / lr, d, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["L2SP", "KnowDist"])
+@pytest.mark.parametrize("mode", ["explicit", "hook"])
+def test_never_hurt_with_a_cap_gives_its_step(kind, mode, float64):
+    """First step of preset="never_hurt" (the average starts at gJ) with
+    max_reg_ratio: per tensor, gO dropped where <gJ_l, gO_l> < 0, then the
+    kept pull scaled to at most ratio * ||gJ||."""
+    source, model = pair()
+    reg = build(kind, model, source)
+    lam, lr, ratio = 5.0, 0.1, 0.2
+    opt = DTNH(paddle.optimizer.SGD(lr, parameters=model.parameters()), reg, lam=lam,
+               preset="never_hurt", max_reg_ratio=ratio)
+    params = list(model.parameters())
+    x, y = paddle.randn([6, 2, 5, 5]), paddle.to_tensor([0, 1, 2, 0, 1, 2])
+
+    out, omega = reg.run(x)
+    gjs = paddle.grad(F.cross_entropy(out, y), params, retain_graph=True)
+    gos = paddle.grad(omega, params, allow_unused=True)
+    kept = [None if o is None or float(paddle.sum(j * o)) < 0 else o for j, o in zip(gjs, gos)]
+    gj, pull = flat(gjs, params), lam * flat(kept, params)
+    assert np.linalg.norm(pull) > ratio * np.linalg.norm(gj)  # the cap acts on these numbers
+    d = gj + pull * ratio * np.linalg.norm(gj) / np.linalg.norm(pull)
+
+    before = flat(params, params)
+    dtnh_step(opt, x, y, mode)
+    np.testing.assert_allclose((before - flat(params, params)) / lr, d, rtol=1e-7, atol=1e-9)

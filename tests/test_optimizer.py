@@ -389,6 +389,9 @@ def test_presets():
         DTNH(inner(), lam=1.0, reference="momentum")
     with pytest.raises(ValueError, match="Invalid ema_decay"):
         DTNH(inner(), lam=1.0, reference="ema", ema_decay=1.0)
+    with pytest.raises(ValueError, match="Invalid max_reg_ratio"):
+        DTNH(inner(), lam=1.0, max_reg_ratio=-1.0)
+    assert DTNH(inner(), lam=1.0, preset="never_hurt", max_reg_ratio=2).max_reg_ratio == 2.0
 
 
 def test_paper_preset_equals_the_default_step_for_step():
@@ -425,3 +428,28 @@ def test_ema_reference_resumes_bit_equal(tmp_path):
         opt_a.update(F.cross_entropy(net_a(x), y))
         opt_b.update(F.cross_entropy(net_b(x), y))
         assert_same(net_a, net_b, rtol=0, atol=0)
+
+
+def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
+    source, net = perturbed_pair()
+    beta = 0.7
+    reg = L2SP(net, source, alpha=1.0, beta=0.1, head=["4"])
+    opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), reg, lam=1.0,
+               preset="never_hurt", ema_decay=beta)
+    names = [n for n, _ in net.named_parameters()]
+    expected = None
+    for step, (x, y) in enumerate(batches(5)):
+        loss = F.cross_entropy(net(x), y)
+        if step == 2:  # a non-finite batch: skipped, and the average restarts
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt.update(loss * float("nan"))
+            assert opt.skipped_steps == 1 and opt.state_dict()["dtnh"]["ema"] == {}
+            expected = None
+            continue
+        g = [t.numpy() for t in paddle.grad(loss, net.parameters(), retain_graph=True)]
+        expected = g if expected is None else [beta * m + (1 - beta) * gi for m, gi in zip(expected, g)]
+        opt.update(loss)
+        ema = opt.state_dict()["dtnh"]["ema"]
+        for name, m in zip(names, expected):
+            np.testing.assert_allclose(ema[name].numpy(), m, rtol=1e-5, atol=1e-7)

@@ -331,14 +331,15 @@ def test_every_rule_inplace_equals_out_of_place(vs, lam, grid, batch_ref):
 
 @pytest.mark.parametrize("granularity, rule", RULE_GRID)
 @pytest.mark.parametrize("batch_ref", [True, False])
-def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref):
+@pytest.mark.parametrize("cap", [None, 0.1])
+def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref, cap):
     rng = np.random.default_rng(3)
     task = [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
     reg = [rng.normal(size=(3, 2)) - task[0], rng.normal(size=4), None]
     ref = None if batch_ref else [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
     lam = 0.7
     d, stats = dtnh_direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
-                              granularity=granularity, rule=rule, with_stats=True,
+                              granularity=granularity, rule=rule, with_stats=True, max_reg_ratio=cap,
                               reference_grads=None if ref is None else [T(x) for x in ref])
     flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
     reg_full = [np.zeros(2) if r is None else r for r in reg]
@@ -351,6 +352,12 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref):
         judged = [np.vdot(a, b) < 0 for a, b in zip((ref or task)[:2], reg[:2])]
     else:
         judged = [np.dot(r, go) < 0]
+    if cap is not None:  # the pull is capped where the rule kept one
+        free, _ = dtnh_direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
+                                 granularity=granularity, rule=rule,
+                                 reference_grads=None if ref is None else [T(x) for x in ref])
+        free_pull = np.linalg.norm(flat([x.numpy() for x in free]) - gj)
+        np.testing.assert_allclose(np.linalg.norm(dd - gj), min(free_pull, cap * np.linalg.norm(gj)), rtol=1e-9)
     v = gj + lam * go
     expected = {
         "task_grad_norm": np.linalg.norm(gj),
@@ -368,3 +375,38 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref):
     }
     for name, value in expected.items():
         np.testing.assert_allclose(float(stats[name]), value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+# -- the cap on the regularizer's pull (max_reg_ratio) ------------------------------
+
+def test_cap_by_hand():
+    # no conflict; ||lam gO|| = 10 > 0.5 ||gJ||: gO scaled by s = 0.5 / 10
+    d = directions_np([[1.0, 0.0]], [[0.0, 10.0]], lam=1.0, max_reg_ratio=0.5)
+    np.testing.assert_allclose(d[0], [1.0, 0.5])
+    # the paper's projection first (gO' = (0, 10)), then the same cap
+    d = directions_np([[1.0, 0.0]], [[-3.0, 10.0]], lam=1.0, max_reg_ratio=0.5)
+    np.testing.assert_allclose(d[0], [1.0, 0.5])
+    # a pull below the cap is left alone
+    d = directions_np([[1.0, 0.0]], [[0.0, 0.2]], lam=1.0, max_reg_ratio=0.5)
+    np.testing.assert_allclose(d[0], [1.0, 0.2])
+    with pytest.raises(ValueError, match="Invalid max_reg_ratio"):
+        directions_np([[1.0]], [[1.0]], lam=1.0, max_reg_ratio=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, st.floats(0.01, 10.0), st.sampled_from(RULE_GRID), st.booleans(), st.floats(0.05, 5.0))
+def test_cap_scales_the_kept_pull_down_to_the_ratio(vs, lam, grid, batch_ref, ratio):
+    """d - gJ = s * (the rule's lam gO') with s = min(1, ratio ||gJ|| / ||lam gO'||)."""
+    granularity, rule = grid
+    j1, j2, o1, o2 = vs
+    ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
+    kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
+    free, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), **kw)
+    capped, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), max_reg_ratio=ratio, inplace=True, **kw)
+    gj = np.concatenate([j1, j2])
+    pull = np.concatenate([x.numpy() for x in free]) - gj
+    s = min(1.0, ratio * np.linalg.norm(gj) / max(np.linalg.norm(pull), 1e-30))
+    got = np.concatenate([x.numpy() for x in capped]) - gj
+    scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
+    np.testing.assert_allclose(got, s * pull, atol=1e-9 * scale * (1 + lam))
+    assert np.linalg.norm(got) <= ratio * np.linalg.norm(gj) * (1 + 1e-9) + 1e-12
