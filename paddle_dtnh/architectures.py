@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import paddle
 
-from .resnet_vd import ResNet18VD
+from .resnet_vd import ResNet18VD, load_resnet18_vd_weights
 
 __all__ = ["Architecture", "ARCHITECTURES", "register", "architecture_of", "detect_architecture", "target_from",
            "head_of", "architecture_mismatch"]
@@ -41,6 +41,11 @@ class Architecture:
         stages (callable): ``network -> [(name, callable), ...]`` composing
             image batch -> pooled features (DELTA's attention ablates them).
         marker_keys (tuple): state-dict keys that identify its weights.
+        head_weight_keys (tuple): where a weights file may keep the head's
+            ``[features, classes]`` weight (default: ``<head>.weight``).
+        loader (callable, optional): ``(network, state dict) -> report``,
+            for files whose keys or layouts need translating; default: every
+            tensor by its structured name, all required.
     """
 
     name: str
@@ -51,11 +56,26 @@ class Architecture:
     feature_layers: tuple
     stages: Callable
     marker_keys: tuple
+    head_weight_keys: tuple = ()
+    loader: Callable | None = None
 
     def num_classes(self, state: Mapping) -> int | None:
         """Classes of the head stored in ``state`` (None if absent)."""
-        weight = state.get(f"{self.head}.weight")
-        return None if weight is None else int(weight.shape[1])
+        for key in self.head_weight_keys or (f"{self.head}.weight",):
+            if key in state:
+                return int(state[key].shape[1])
+        return None
+
+    def load_weights(self, model: paddle.nn.Layer, state: Mapping):
+        """Fill ``model`` from ``state``; returns the loader's report (None
+        for the default loader). ValueError if a tensor is missing."""
+        if self.loader is not None:
+            return self.loader(model, state)
+        missing = [k for k in model.state_dict() if k not in state]
+        if missing:
+            raise ValueError(f"These {self.name} weights lack {missing[:10]}; the file is incomplete.")
+        model.set_state_dict(state)
+        return None
 
 
 def _resnet_stages(model):
@@ -94,9 +114,12 @@ register(Architecture(
     marker_keys=("conv1.weight", "layer1.0.conv1.weight"),
 ))
 register(Architecture(
-    name="resnet18_vd", description="ResNet-18-vd (PaddleHub)", layer_class=ResNet18VD, build=lambda num_classes: ResNet18VD(num_classes=num_classes),
+    name="resnet18_vd", description="ResNet-18-vd (PaddleHub)", layer_class=ResNet18VD,
+    build=lambda num_classes: ResNet18VD(num_classes=num_classes),
     head="out", feature_layers=tuple(f"bb_{i}_1" for i in range(4)), stages=_resnet_vd_stages,
     marker_keys=("conv1_1._conv.weight",),
+    # PaddleHub's file: structured or legacy ("fc_0.w_0") names, two layouts
+    head_weight_keys=("out.weight", "fc_0.w_0"), loader=load_resnet18_vd_weights,
 ))
 
 

@@ -94,10 +94,15 @@ def _stable_names(params, model) -> list:
 
 
 def _all_finite(tensors) -> paddle.Tensor:
-    """A 0-d bool tensor: every entry of every tensor is finite (no overflow
-    risk, unlike a sum of squares)."""
-    flags = [paddle.isfinite(t).all() for t in tensors if t is not None]
-    return paddle.stack(flags).all() if flags else paddle.to_tensor(True)
+    """A 0-d bool tensor: every entry of every tensor is finite.
+
+    A tensor's plain sum is NaN or Inf exactly when an entry is, or when its
+    entries add up beyond the float range (|entries| ~1e31 on average in
+    float32, a step that would wreck the weights anyway); a sum of squares
+    would overflow already at ~1e16. One read per tensor, no temporary (half
+    the cost of ``isfinite(t).all()`` on CPU)."""
+    sums = [paddle.sum(t) for t in tensors if t is not None]
+    return paddle.isfinite(paddle.stack(sums)).all() if sums else paddle.to_tensor(True)
 
 
 class DTNH:

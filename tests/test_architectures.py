@@ -43,3 +43,19 @@ def test_unknown_networks_are_named():
     assert detect_architecture({"encoder.weight": np.zeros(2)}) is None
     with pytest.raises(ValueError, match="No registered architecture for Linear"):
         target_from(paddle.nn.Linear(2, 2), num_classes=3)
+
+
+def test_each_entry_loads_its_own_weights_and_reads_their_classes():
+    for name, arch in ARCHITECTURES.items():
+        source = arch.build(7)
+        state = source.state_dict()
+        assert arch.num_classes(state) == 7
+        copy = arch.build(7)
+        arch.load_weights(copy, state)
+        for key, value in copy.state_dict().items():
+            np.testing.assert_array_equal(value.numpy(), state[key].numpy(), err_msg=f"{name}: {key}")
+        incomplete = {k: v for k, v in state.items() if not k.startswith(arch.feature_layers[0])}
+        with pytest.raises(ValueError):
+            arch.load_weights(arch.build(7), incomplete)
+    # PaddleHub's legacy head name counts for ResNet-18-vd
+    assert ARCHITECTURES["resnet18_vd"].num_classes({"fc_0.w_0": paddle.zeros([512, 1000])}) == 1000

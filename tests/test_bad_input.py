@@ -129,6 +129,14 @@ def test_a_huge_but_finite_gradient_is_not_mistaken_for_nan():
     assert opt.skipped_steps == 0 and opt.num_steps == 1
 
 
+def test_opposite_infinities_in_one_tensor_are_caught():
+    from paddle_dtnh.optimizer import _all_finite
+
+    assert bool(_all_finite([paddle.to_tensor([1e30, -1e30]), None]))
+    assert not bool(_all_finite([paddle.to_tensor([1.0]), paddle.to_tensor([float("inf"), float("-inf")])]))
+    assert not bool(_all_finite([paddle.to_tensor([float("nan"), 0.0])]))
+
+
 @pytest.mark.parametrize("kind", ["L2SP", "KnowDist"])
 def test_nonfinite_source_weights_are_rejected_by_name(kind):
     source, model = net(), net()

@@ -22,7 +22,7 @@ import paddle
 from ..files import read_state_dict
 from .._checks import check_positive_int
 from ..architectures import ARCHITECTURES, detect_architecture, target_from
-from ..resnet_vd import WEIGHTS_FILE, LoadReport, load_resnet18_vd_weights
+from ..resnet_vd import WEIGHTS_FILE, LoadReport
 
 __all__ = ["PretrainedSource", "load_source", "verify_recorded_digest", "RESNET18_VD_URL"]
 
@@ -64,17 +64,8 @@ def _detect(state: dict, where: str):
 
 def _pretrained(arch, state: dict, num_classes: int) -> PretrainedSource:
     """The source of ``arch`` filled from ``state``, and its target."""
-    legacy_head = "fc_0.w_0" if arch.name == "resnet18_vd" and "fc_0.w_0" in state else None
-    source_classes = arch.num_classes(state) or (legacy_head and int(state[legacy_head].shape[1])) or num_classes
-    source = arch.build(source_classes)
-    report = None
-    if arch.name == "resnet18_vd":  # two key styles and two layouts: the loader accounts for all
-        report = load_resnet18_vd_weights(source, state)
-    else:
-        missing = [k for k in source.state_dict() if k not in state]
-        if missing:
-            raise ValueError(f"These {arch.name} weights lack {missing[:10]}; the file is incomplete.")
-        source.set_state_dict(state)
+    source = arch.build(arch.num_classes(state) or num_classes)
+    report = arch.load_weights(source, state)
     return PretrainedSource(source, target_from(source, num_classes), [arch.head], arch.name, report)
 
 
