@@ -65,10 +65,14 @@ def _scalar(value: float, like: paddle.Tensor, dtype=None) -> paddle.Tensor:
 
 
 def _dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor):
-    """Inner product as a 0-d tensor; a ``None`` side counts as zero."""
+    """Inner product as a 0-d tensor; a ``None`` side counts as zero.
+
+    A [1, n] x [n, 1] matmul (BLAS) reads each side once with no temporary:
+    about twice as fast on CPU as ``paddle.sum(a * b)``.
+    """
     if a is None or b is None:
         return _scalar(0.0, like)
-    return paddle.sum(a * b)
+    return paddle.matmul(a.reshape([1, -1]), b.reshape([-1, 1])).reshape([])
 
 
 def _dots(xs, ys, like) -> paddle.Tensor:
@@ -269,24 +273,31 @@ def dtnh_direction(
                                      granularity, batch_reference, like)
         scale = lam * gO_kept["cap"]
 
+    n = len(task_grads)
+
+    def per_block(value):
+        """``value`` (0-d or one entry per tensor) as a list of n factors;
+        one unbind instead of n indexing ops."""
+        return [value] * n if not isinstance(value, paddle.Tensor) or value.ndim == 0 else paddle.unbind(value)
+
     directions = []
-    for i, (gj, go, r) in enumerate(zip(task_grads, reg_grads, ref)):
-        if "keep" in gO_kept:  # vanilla or drop: d = gJ + lam * keep_b * gO
-            keep = gO_kept["keep"]
-            block_scale = lam if not project else scale * (keep if keep.ndim == 0 else keep[i])
+    if "keep" in gO_kept:  # vanilla or drop: d = gJ + lam * keep_b * gO
+        scales = [lam] * n if not project else per_block(scale * gO_kept["keep"])
+        for gj, go, block_scale in zip(task_grads, reg_grads, scales):
             directions.append(_combine(gj, go, block_scale, inplace=inplace))
-        elif masks is not None:  # d = gJ + lam * gO' (gO' = mask * gO, formed above)
+    elif masks is not None:  # d = gJ + lam * gO' (gO' = mask * gO, formed above)
+        for gj, go in zip(task_grads, reg_grads):
             directions.append(_combine(gj, go, scale, inplace=inplace))
-        else:
-            c = gO_kept["coef"] if granularity == "global" else gO_kept["coef"][i]
-            if batch_reference:
-                # the paper: d = (1 - lam c) gJ + lam gO; a tensor with gO =
-                # None still loses c * gJ under the global projection
-                directions.append(None if gj is None and go is None
-                                  else _combine(gj, go, scale, task_scale=1.0 - scale * c, inplace=inplace))
-            else:
-                extra = None if r is None else (-scale * c) * r
-                directions.append(_combine(gj, go, scale, extra=extra, inplace=inplace))
+    elif batch_reference:
+        # the paper: d = (1 - lam c) gJ + lam gO; a tensor with gO = None
+        # still loses c * gJ under the global projection
+        for gj, go, task_scale in zip(task_grads, reg_grads, per_block(1.0 - scale * gO_kept["coef"])):
+            directions.append(None if gj is None and go is None
+                              else _combine(gj, go, scale, task_scale=task_scale, inplace=inplace))
+    else:  # d = gJ + lam (gO - c r)
+        for gj, go, r, ref_scale in zip(task_grads, reg_grads, ref, per_block(-scale * gO_kept["coef"])):
+            extra = None if r is None else ref_scale * r
+            directions.append(_combine(gj, go, scale, extra=extra, inplace=inplace))
     if with_stats:
         stats.update(direction_stats(inner, gO_kept, lam, granularity=granularity,
                                      batch_reference=batch_reference))
