@@ -98,6 +98,8 @@ def _stats(values):
 def report(runs, args) -> str:
     """Markdown: per pair, regularizer and lam, every method's accuracy and its
     paired difference against vanilla; the goals' shares; the diagnostics."""
+    from paddle_dtnh.experiment import goal_text
+
     by = {}
     for r in runs:
         by.setdefault((r["pair"], r["method"], r["lam"]), {})[r["seed"]] = r
@@ -135,26 +137,6 @@ def report(runs, args) -> str:
                         f"| {diag('mean_reg_removed', lambda v: f'{100 * v:.1f}%')} "
                         f"| {diag('mean_angle1', lambda v: f'{v:.1f}')} / {diag('mean_angle3', lambda v: f'{v:.1f}')} |")
     return "\n".join(lines)
-
-
-def goal_text(cell, vanilla, finetune, is_vanilla) -> str:
-    """Where vanilla is below fine-tuning: the share of the gap recovered
-    (goal >= 50%); where it is above: the share of its gain kept (goal >= 80%).
-    Means over the seeds all three have; where the gap or gain is
-    within one standard error of the paired vanilla - fine-tuning differences."""
-    seeds = sorted(set(cell) & set(vanilla) & set(finetune))
-    if is_vanilla or not seeds:
-        return ""
-    acc = lambda runs: np.array([100 * runs[s]["test_accuracy"] for s in seeds])
-    gap = acc(vanilla) - acc(finetune)  # < 0: the regularizer hurts
-    mean_gap = gap.mean()
-    sem = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("inf")
-    if abs(mean_gap) <= sem:  # a share of noise means nothing
-        return f"no gap beyond noise ({mean_gap:+.1f} ± {sem:.1f} pt)"
-    share = (acc(cell) - acc(finetune)).mean() / mean_gap
-    if mean_gap < 0:  # recovered share of the gap: 1 - remaining gap / gap
-        return f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
-    return f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"
 
 
 def plot(runs, args, output) -> list:

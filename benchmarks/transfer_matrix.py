@@ -73,6 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default="output/matrix", help="default: output/matrix")
     p.add_argument("--cache", default=os.path.join("output", "sources"), help="pretrained source cache")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="write the tables from finished runs; run nothing")
     args = p.parse_args(argv)
     if args.seeds <= 0:
         p.error("--seeds must be positive")
@@ -163,12 +164,13 @@ def _degrees(v):
 
 def diagnostics_table(runs, sources, targets, methods) -> str:
     """Per pair and DTNH method: its accuracy minus the same regularizer's
-    without projection (same seeds), how often gJ and gO conflicted, and its
-    mean Angle 1 against Angle 3."""
-    from paddle_dtnh.experiment import method_spec
+    without projection (same seeds), the goal against fine-tuning (see
+    :func:`paddle_dtnh.experiment.goal_text`), how often gJ and gO
+    conflicted, and its mean Angle 1 against Angle 3."""
+    from paddle_dtnh.experiment import goal_text, method_spec
 
-    lines = ["| source -> target | method | DTNH - vanilla (points) | conflicting steps, vanilla / DTNH "
-             "| mean Angle 1 / Angle 3 under DTNH (deg) |", "|---|---|---|---|---|"]
+    lines = ["| source -> target | method | DTNH - vanilla (points) | goal | conflicting steps, vanilla / DTNH "
+             "| mean Angle 1 / Angle 3 under DTNH (deg) |", "|---|---|---|---|---|---|"]
     for source in sources:
         for target in targets:
             for method in methods:
@@ -181,8 +183,9 @@ def diagnostics_table(runs, sources, targets, methods) -> str:
                 if not seeds:
                     continue
                 gains = [100 * (dtnh[s]["test_accuracy"] - vanilla[s]["test_accuracy"]) for s in seeds]
+                goal = goal_text(dtnh, vanilla, _runs_by_seed(runs, source, target, "finetune"))
                 lines.append(
-                    f"| {source} -> {target} | {spec.label} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} "
+                    f"| {source} -> {target} | {spec.label} | {np.mean(gains):+.2f} ± {np.std(gains):.2f} | {goal} "
                     f"| {_mean_of(vanilla, seeds, 'conflict_rate', _percent)} / "
                     f"{_mean_of(dtnh, seeds, 'conflict_rate', _percent)} "
                     f"| {_mean_of(dtnh, seeds, 'mean_angle1', _degrees)} / "
@@ -207,10 +210,10 @@ def main(argv=None):
     store = RunStore(os.path.join(args.output, "runs.jsonl"))
     done = store.runs
     started = time.time()
-    sources = {s: resolve_source(s, args, cfg.image_size) for s in args.sources}
+    sources = {} if args.report_only else {s: resolve_source(s, args, cfg.image_size) for s in args.sources}
     cells = [(s, t, m, seed) for s in args.sources for t in args.targets for seed in range(args.seeds)
              for m in args.methods]
-    todo = [c for c in cells if run_key(*c, cfg) not in done]
+    todo = [] if args.report_only else [c for c in cells if run_key(*c, cfg) not in done]
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already done", flush=True)
     targets = {}
     for i, (source, target, method, seed) in enumerate(todo, 1):

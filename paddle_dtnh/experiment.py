@@ -28,7 +28,7 @@ from .stats import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from .regularizers import DELTA, L2, L2SP, KnowDist
 
 __all__ = ["METHODS", "CONFLICT_RULES", "MethodSpec", "method_spec", "RunConfig", "pretrain_source",
-           "run_transfer", "build_regularizer", "Recorder", "RunStore", "summarize_diagnostics"]
+           "run_transfer", "build_regularizer", "Recorder", "RunStore", "summarize_diagnostics", "goal_text"]
 
 
 #: regularizers a method can use, with their display names
@@ -471,3 +471,36 @@ class RunStore:
             f.write(json.dumps(run) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def goal_text(cell, vanilla, finetune, is_vanilla=False) -> str:
+    """How a conflict rule meets the README's goal on one setting; each
+    argument maps seed -> run.
+
+    Where vanilla is below fine-tuning: the share of the gap recovered
+    (goal >= 50%); where it is above: the share of its gain kept (goal >= 80%).
+    Means over the seeds all three have; "no gap beyond noise" where the gap
+    or gain is within one standard error of the paired vanilla - fine-tuning
+    differences.
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.experiment import goal_text
+            >>> runs = lambda *acc: {s: {"test_accuracy": a} for s, a in enumerate(acc)}
+            >>> goal_text(runs(0.78, 0.80), runs(0.70, 0.71), runs(0.80, 0.81))
+            'recovers 85% of a 10.0-pt gap'
+    """
+    seeds = sorted(set(cell) & set(vanilla) & set(finetune))
+    if is_vanilla or not seeds:
+        return ""
+    acc = lambda runs: np.array([100 * runs[s]["test_accuracy"] for s in seeds])
+    gap = acc(vanilla) - acc(finetune)  # < 0: the regularizer hurts
+    mean_gap = gap.mean()
+    sem = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("inf")
+    if abs(mean_gap) <= sem:  # a share of noise means nothing
+        return f"no gap beyond noise ({mean_gap:+.1f} ± {sem:.1f} pt)"
+    share = (acc(cell) - acc(finetune)).mean() / mean_gap
+    if mean_gap < 0:  # recovered share of the gap: 1 - remaining gap / gap
+        return f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
+    return f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"

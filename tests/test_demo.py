@@ -103,6 +103,10 @@ def test_transfer_matrix_resumes_and_writes_its_tables(tiny_source, tmp_path):
     assert "| DTNH (L2-SP) |" in table and "DTNH - vanilla (points)" in table
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert sorted(r["method"] for r in runs) == ["dtnh_l2sp", "l2sp"]
+    (out / "table.md").unlink()
+    report = subprocess.run(cmd + ["--report-only"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "2 runs, 2 already done" in report.stdout and "| goal |" in (out / "table.md").read_text()
 
 
 def test_the_paddlehub_network_runs_through_the_harness(tmp_path):
