@@ -114,6 +114,14 @@ def _check_aligned(task_grads, reg_grads, reference_grads) -> paddle.Tensor:
     return like
 
 
+def _per_tensor(value, n: int) -> list:
+    """``value`` (a float, a 0-d tensor, or one entry per tensor) as a list of
+    n factors; one unbind instead of n indexing ops."""
+    if not isinstance(value, paddle.Tensor) or value.ndim == 0:
+        return [value] * n
+    return paddle.unbind(value)
+
+
 def _scaled(t, scale, inplace):
     """``scale * t`` (written into ``t`` with ``inplace``); ``None`` or 1.0 is no scale."""
     if scale is None or (isinstance(scale, float) and scale == 1.0):
@@ -274,15 +282,9 @@ def dtnh_direction(
         scale = lam * gO_kept["cap"]
 
     n = len(task_grads)
-
-    def per_block(value):
-        """``value`` (0-d or one entry per tensor) as a list of n factors;
-        one unbind instead of n indexing ops."""
-        return [value] * n if not isinstance(value, paddle.Tensor) or value.ndim == 0 else paddle.unbind(value)
-
     directions = []
     if "keep" in gO_kept:  # vanilla or drop: d = gJ + lam * keep_b * gO
-        scales = [lam] * n if not project else per_block(scale * gO_kept["keep"])
+        scales = [lam] * n if not project else _per_tensor(scale * gO_kept["keep"], n)
         for gj, go, block_scale in zip(task_grads, reg_grads, scales):
             directions.append(_combine(gj, go, block_scale, inplace=inplace))
     elif masks is not None:  # d = gJ + lam * gO' (gO' = mask * gO, formed above)
@@ -291,11 +293,11 @@ def dtnh_direction(
     elif batch_reference:
         # the paper: d = (1 - lam c) gJ + lam gO; a tensor with gO = None
         # still loses c * gJ under the global projection
-        for gj, go, task_scale in zip(task_grads, reg_grads, per_block(1.0 - scale * gO_kept["coef"])):
+        for gj, go, task_scale in zip(task_grads, reg_grads, _per_tensor(1.0 - scale * gO_kept["coef"], n)):
             directions.append(None if gj is None and go is None
                               else _combine(gj, go, scale, task_scale=task_scale, inplace=inplace))
     else:  # d = gJ + lam (gO - c r)
-        for gj, go, r, ref_scale in zip(task_grads, reg_grads, ref, per_block(-scale * gO_kept["coef"])):
+        for gj, go, r, ref_scale in zip(task_grads, reg_grads, ref, _per_tensor(-scale * gO_kept["coef"], n)):
             extra = None if r is None else ref_scale * r
             directions.append(_combine(gj, go, scale, extra=extra, inplace=inplace))
     if with_stats:
