@@ -241,10 +241,11 @@ def _evaluate(model, x, y, batch=250):
     was_training = model.training
     model.eval()
     losses, correct = [], 0
-    for lo in range(0, x.shape[0], batch):
-        logits = model(x[lo : lo + batch])
-        losses.append(F.cross_entropy(logits, y[lo : lo + batch], reduction="sum"))
-        correct += int((logits.argmax(axis=1) == y[lo : lo + batch]).astype("int64").sum())
+    with paddle.no_grad():  # no graph to record
+        for lo in range(0, x.shape[0], batch):
+            logits = model(x[lo : lo + batch])
+            losses.append(F.cross_entropy(logits, y[lo : lo + batch], reduction="sum"))
+            correct += int((logits.argmax(axis=1) == y[lo : lo + batch]).astype("int64").sum())
     if was_training:
         model.train()
     return float(paddle.add_n(losses)) / x.shape[0], correct / x.shape[0]
