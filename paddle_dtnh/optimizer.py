@@ -151,8 +151,9 @@ class DTNH:
             paper) or ``"ema"``: an exponential moving average
             :math:`m \leftarrow \beta m + (1-\beta) g_J` (started at the first
             :math:`g_J` and again after a skipped step), which costs one
-            gradient copy of memory and is part of :meth:`state_dict`. Guarantee: :math:`\langle d, r\rangle
-            \ge \langle g_J, r\rangle` for the reference :math:`r`.
+            gradient copy of memory and is part of :meth:`state_dict`.
+            Guarantee: :math:`\langle d, r\rangle \ge \langle g_J, r\rangle`
+            for the reference :math:`r`.
         ema_decay (float, optional): :math:`\beta` of ``reference="ema"``, in
             [0, 1). Default: 0.9.
         max_reg_ratio (float, optional): :math:`\rho > 0`: after the rule,
