@@ -44,10 +44,10 @@ CONFLICT_RULES = {
     "coordinate": dict(granularity="coordinate", reference="batch"),
     "layer_drop_ema": dict(granularity="layer", rule="drop", reference="ema"),
     "coordinate_ema": dict(granularity="coordinate", reference="ema"),
-    # the kept pull capped at ||gJ|| (max_reg_ratio), after the paper's rule or layer_drop_ema
-    "paper_cap": dict(granularity="global", rule="project", reference="batch", max_reg_ratio=1.0),
-    "layer_drop_ema_cap": dict(granularity="layer", rule="drop", reference="ema", max_reg_ratio=1.0),
 }
+# the kept pull capped at ||gJ|| (max_reg_ratio) after the paper's rule or after layer_drop_ema
+CONFLICT_RULES["paper_cap"] = {**PRESETS["paper"], "max_reg_ratio": 1.0}
+CONFLICT_RULES["layer_drop_ema_cap"] = {**CONFLICT_RULES["layer_drop_ema"], "max_reg_ratio": 1.0}
 
 
 @dataclass(frozen=True)
