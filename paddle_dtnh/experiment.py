@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -199,7 +200,9 @@ def pretrain_source(
     return path
 
 
-def _pretrain(path, settings, data_root, progress):
+def _pretrain(path, settings, data_root, progress, checkpoint_every=100):
+    """Train the source; every ``checkpoint_every`` steps the run is saved
+    beside ``path`` (``.partial``) and resumed from there after a crash."""
     dataset, image_size, epochs = settings["dataset"], settings["image_size"], settings["epochs"]
     batch_size, lr, max_images, seed = (settings[k] for k in ("batch_size", "lr", "max_images", "seed"))
     cache_dir = os.path.dirname(path)
@@ -211,28 +214,46 @@ def _pretrain(path, settings, data_root, progress):
     y_all = paddle.to_tensor(data.train.labels[idx])
     paddle.seed(seed)
     model = ARCHITECTURES[settings["arch"]].build(data.num_classes)
-    steps = epochs * math.ceil(len(idx) / batch_size)
+    per_epoch = math.ceil(len(idx) / batch_size)
+    steps = epochs * per_epoch
     schedule = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=steps)
-    opt = paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=model.parameters(), weight_decay=5e-4)
-    start = time.time()
+    inner = paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=model.parameters(), weight_decay=5e-4)
+    with warnings.catch_warnings():  # plain training: the decay is meant, no regularizer to bypass
+        warnings.simplefilter("ignore")
+        opt = DTNH(inner, None, lam=0.0, model=model)  # its state_dict resumes by structured names
+    partial = path + ".partial"
+    done, seconds, order = 0, 0.0, None
+    if os.path.isfile(partial):
+        extra = load_checkpoint(partial, model, opt)
+        done, seconds, order = extra["step"], extra["seconds"], np.asarray(extra["order"])
+        rng.bit_generator.state = extra["rng"]  # the schedule came back with the optimizer
+    start = time.time() - seconds
     model.train()
     with _progress(steps, f"pretraining source on {dataset}", progress) as bar:
-        for _ in range(epochs):
-            order = paddle.to_tensor(rng.permutation(len(idx)))
-            for lo in range(0, len(idx), batch_size):
-                b = order[lo : lo + batch_size]
-                loss = F.cross_entropy(model(_augment(x_all[b], rng)), y_all[b])
-                loss.backward()
-                opt.step()
-                opt.clear_grad()
-                schedule.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.update(done)
+        while done < steps:
+            if done % per_epoch == 0:  # a resumed run restored the order of its epoch
+                order = rng.permutation(len(idx))
+            lo = (done % per_epoch) * batch_size
+            b = paddle.to_tensor(order[lo : lo + batch_size])
+            loss = F.cross_entropy(model(_augment(x_all[b], rng)), y_all[b])
+            loss.backward()
+            opt.step(loss)
+            opt.clear_grad()
+            schedule.step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                save_checkpoint(partial, model, opt, step=done, seconds=time.time() - start,
+                                order=[int(i) for i in order], rng=rng.bit_generator.state)
     acc = _evaluate(model, to_tensor_batch(data.test.images[:2000], image_size),
                     paddle.to_tensor(data.test.labels[:2000]))[1]
     files.save(model.state_dict(), path)
     with open(path[: -len(".pdparams")] + ".json", "w") as f:
         json.dump({**settings, "train_seconds": time.time() - start, "test_accuracy": acc}, f, indent=2)
+    if os.path.isfile(partial):
+        os.remove(partial)
 
 
 @paddle.no_grad()
