@@ -10,19 +10,19 @@ from setuptools import find_packages, setup
 
 setup(
     name="paddle_dtnh",
-    version="0.1.0",
+    version="0.2.0",
     description="DTNH: regularized deep transfer learning that never hurts, for PaddlePaddle",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddle_dtnh", "paddle_dtnh.*"]),
     # the PaddleHub module directory is data, loaded by hub.Module(directory=)
-    package_data={"paddle_dtnh.hub": ["resnet18_vd_dtnh/*.py"]},
+    package_data={"paddle_dtnh.integrations.hub": ["resnet18_vd_dtnh/*.py"]},
     python_requires=">=3.9",
-    install_requires=["numpy", "tqdm"],
+    install_requires=["numpy"],
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
         "hub": ["paddlehub==2.4.0", "visualdl>=2.5"],
-        "demo": ["scikit-learn", "mlxtend", "matplotlib"],
-        "dev": ["pytest", "hypothesis", "scikit-learn", "mlxtend", "matplotlib"],
+        "demo": ["scikit-learn", "mlxtend", "matplotlib", "tqdm"],
+        "dev": ["pytest", "hypothesis", "scikit-learn", "mlxtend", "matplotlib", "tqdm"],
     },
 )

@@ -9,14 +9,20 @@ ResNet-18 (CPU; median over steps):
 from __future__ import annotations
 
 import argparse
+import sys
+import os
 import statistics
 import time
 
 import paddle
 import paddle.nn.functional as F
 
-from paddle_dtnh.architectures import ARCHITECTURES, target_from
-from paddle_dtnh.experiment import RunConfig, build_regularizer
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
+from paddle_dtnh.models.architectures import ARCHITECTURES, target_from
+from lab import RunConfig, build_regularizer
 from paddle_dtnh.projection import dtnh_direction
 
 

@@ -28,10 +28,14 @@ import time
 
 import numpy as np
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
 
 def parse_args(argv=None):
-    from paddle_dtnh.architectures import ARCHITECTURES
-    from paddle_dtnh.experiment import CONFLICT_RULES, REGULARIZERS
+    from paddle_dtnh.models.architectures import ARCHITECTURES
+    from lab import CANDIDATES, REGULARIZERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", nargs="+", default=["mnist5k:digits", "fashion-mnist:digits"], metavar="SOURCE:TARGET",
@@ -40,7 +44,7 @@ def parse_args(argv=None):
                    choices=[r for r in REGULARIZERS if r != "l2"], help="default: l2sp knowdist")
     p.add_argument("--lams", nargs="+", type=float, default=None,
                    help="lam values (default per regularizer: l2sp 0.1 1 10 100 1000, knowdist 0.001 0.01 0.1 1 10)")
-    p.add_argument("--rules", nargs="+", default=["paper", "never_hurt"], choices=list(CONFLICT_RULES),
+    p.add_argument("--rules", nargs="+", default=["paper", "never_hurt"], choices=list(CANDIDATES),
                    help="DTNH conflict rules to run beside vanilla (default: paper never_hurt)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18", help="network (default: resnet18)")
@@ -80,7 +84,7 @@ def grid(args):
 
 
 def config(args, reg, lam):
-    from paddle_dtnh.experiment import RunConfig
+    from lab import RunConfig
 
     cfg = RunConfig(arch=args.arch, iterations=args.iterations, eval_interval=args.iterations, stats_interval=5,
                     max_test=args.max_test)
@@ -98,7 +102,7 @@ def _stats(values):
 def report(runs, args) -> str:
     """Markdown: per pair, regularizer and lam, every method's accuracy and its
     paired difference against vanilla; the goals' shares; the diagnostics."""
-    from paddle_dtnh.experiment import goal_text
+    from lab import goal_text
 
     by = {}
     for r in runs:
@@ -181,7 +185,7 @@ def plot(runs, args, output) -> list:
 def main(argv=None):
     args = parse_args(argv)
     from paddle_dtnh.data import load_dataset
-    from paddle_dtnh.experiment import RunStore, method_spec, pretrain_source, run_transfer, summarize_diagnostics
+    from lab import RunStore, method_spec, pretrain_source, run_transfer, summarize_diagnostics
 
     os.makedirs(args.output, exist_ok=True)
     store = RunStore(os.path.join(args.output, "runs.jsonl"))

@@ -9,6 +9,8 @@ turn (round-robin) so machine noise hits both alike; median step time.
 from __future__ import annotations
 
 import argparse
+import sys
+import os
 import statistics
 import tempfile
 import time
@@ -16,10 +18,14 @@ import time
 import paddle
 import paddle.nn.functional as F
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
 from paddle_dtnh import DTNH
-from paddle_dtnh.architectures import ARCHITECTURES, target_from
-from paddle_dtnh.experiment import RunConfig, build_regularizer
-from paddle_dtnh.visualdl import DTNHLogger
+from paddle_dtnh.models.architectures import ARCHITECTURES, target_from
+from lab import RunConfig, build_regularizer
+from paddle_dtnh.integrations.visualdl import DTNHLogger
 
 
 def main():

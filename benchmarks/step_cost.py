@@ -22,7 +22,11 @@ import subprocess
 import sys
 import time
 
-# method names as in the harness (paddle_dtnh.experiment.method_spec); "finetune" is
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
+# method names as in the harness (lab.method_spec); "finetune" is
 # the L2 regularizer without projection there too
 METHODS = ["finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt", "knowdist", "dtnh_knowdist",
            "dtnh_knowdist@never_hurt", "delta", "dtnh_delta", "dtnh_delta@never_hurt"]
@@ -49,7 +53,7 @@ def parse_args(argv=None):
 def _setup(args):
     import paddle
 
-    from paddle_dtnh.architectures import ARCHITECTURES, target_from
+    from paddle_dtnh.models.architectures import ARCHITECTURES, target_from
 
     if args.device:
         paddle.set_device(args.device)
@@ -72,15 +76,19 @@ def build_step(args, name, paddle, source, x, y):
     import paddle.nn.functional as F
 
     from paddle_dtnh import DTNH
-    from paddle_dtnh.architectures import target_from
-    from paddle_dtnh.experiment import RunConfig, build_regularizer, method_spec
+    from paddle_dtnh.models.architectures import target_from
+    from lab import RunConfig, build_regularizer, method_spec
 
     paddle.seed(0)
     model = target_from(source, num_classes=10)
     spec = method_spec(name)
     reg = build_regularizer(spec.regularizer, model, source, RunConfig())  # DELTA: uniform attention
     inner = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
-    opt = DTNH(inner, reg, lam=1.0, **spec.dtnh_options)
+    holdout = None
+    if spec.rule.reference == "holdout":  # a held-out batch of the same size, refreshed per the rule
+        x_held, y_held = paddle.randn(x.shape), paddle.randint(0, 10, y.shape)
+        holdout = lambda: F.cross_entropy(model(x_held), y_held)  # noqa: E731
+    opt = DTNH(inner, reg, lam=1.0, preset=spec.rule, holdout=holdout)
     on_cpu = paddle.device.get_device() == "cpu"
 
     def step():

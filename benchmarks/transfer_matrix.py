@@ -33,6 +33,10 @@ import time
 
 import numpy as np
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
 PRESETS = {
     "offline": dict(iterations=100, batch_size=20, per_class=10, image_size=32, lr=0.01, lr_drop_at=0.75),
     "paper": dict(iterations=8000, batch_size=48, per_class=30, image_size=224, lr=0.01, lr_drop_at=0.75,
@@ -43,10 +47,10 @@ PRESETS = {
 
 def parse_args(argv=None):
     from paddle_dtnh.data import DATASETS
-    from paddle_dtnh.experiment import METHODS, check_methods
+    from lab import METHODS, check_methods
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from paddle_dtnh.architectures import ARCHITECTURES
+    from paddle_dtnh.models.architectures import ARCHITECTURES
 
     p.add_argument("--preset", choices=list(PRESETS), default="offline", help="default: offline")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="resnet18", help="network (default: resnet18)")
@@ -85,7 +89,7 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    from paddle_dtnh.experiment import RunConfig
+    from lab import RunConfig
 
     cfg = RunConfig(arch=args.arch, **PRESETS[args.preset])
     for field in ("iterations", "per_class", "batch_size", "image_size"):
@@ -101,14 +105,14 @@ def build_config(args):
 
 def resolve_source(name, args, image_size):
     from paddle_dtnh.data import DATASETS
-    from paddle_dtnh.experiment import pretrain_source
+    from lab import pretrain_source
 
     if name in DATASETS:
         return pretrain_source(name, cache_dir=args.cache, image_size=image_size, data_root=args.source_root,
                                progress=not args.no_progress, arch=args.arch)
     if name == "imagenet":
-        from paddle_dtnh import files
-        from paddle_dtnh.hub import load_source
+        from paddle_dtnh.io import files
+        from paddle_dtnh.integrations.hub import load_source
 
         path = os.path.join(args.cache, f"source-imagenet-{args.arch}.pdparams")
         if not os.path.isfile(path):
@@ -121,14 +125,14 @@ def resolve_source(name, args, image_size):
 
 
 def run_key(source, target, method, seed, cfg) -> str:
-    from paddle_dtnh.experiment import RunStore, method_spec
+    from lab import RunStore, method_spec
 
     # the rule's options are in the key: redefining a preset never reuses stale runs
     return RunStore.key(source, target, method, method_spec(method).resolved_options, seed, dataclasses.asdict(cfg))
 
 
 def markdown_table(runs, sources, targets, methods) -> str:
-    from paddle_dtnh.experiment import method_spec
+    from lab import method_spec
 
     lines = []
     for source in sources:
@@ -165,9 +169,9 @@ def _degrees(v):
 def diagnostics_table(runs, sources, targets, methods) -> str:
     """Per pair and DTNH method: its accuracy minus the same regularizer's
     without projection (same seeds), the goal against fine-tuning (see
-    :func:`paddle_dtnh.experiment.goal_text`), how often gJ and gO
+    :func:`lab.goal_text`), how often gJ and gO
     conflicted, and its mean Angle 1 against Angle 3."""
-    from paddle_dtnh.experiment import goal_text, method_spec
+    from lab import goal_text, method_spec
 
     lines = ["| source -> target | method | DTNH - vanilla (points) | goal | conflicting steps, vanilla / DTNH "
              "| mean Angle 1 / Angle 3 under DTNH (deg) |", "|---|---|---|---|---|---|"]
@@ -200,7 +204,7 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from paddle_dtnh.experiment import RunStore, method_spec, run_transfer, summarize_diagnostics
+    from lab import RunStore, method_spec, run_transfer, summarize_diagnostics
 
     paddle.set_device(args.device)
     init_from_launcher()

@@ -24,6 +24,10 @@ import time
 
 import numpy as np
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in it
+    sys.path.insert(0, _REPO)
+
 #: the default run: a regularizer that hurts here, and what DTNH does about it
 DEFAULT_METHODS = ["finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt"]
 DEMO_LAM = {"l2sp": 10.0}
@@ -32,9 +36,9 @@ DEMO_ITERATIONS = 60
 
 
 def parse_args(argv=None):
-    from paddle_dtnh.architectures import ARCHITECTURES
+    from paddle_dtnh.models.architectures import ARCHITECTURES
     from paddle_dtnh.data import DATASETS
-    from paddle_dtnh.experiment import CONFLICT_RULES, METHODS, RunConfig, check_methods
+    from lab import CANDIDATES, METHODS, RunConfig, check_methods
 
     d = RunConfig()
     datasets = ", ".join(f"{k} ({v.description})" for k, v in DATASETS.items())
@@ -52,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--download", action="store_true", help="allow downloading paddle.vision datasets")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
                    help="methods to run: finetune, <reg> or dtnh_<reg>[@<rule>], with <reg> in l2sp, "
-                        f"knowdist, delta and <rule> in {', '.join(CONFLICT_RULES)} (default: "
+                        f"knowdist, delta and <rule> in {', '.join(CANDIDATES)} (default: "
                         f"{' '.join(DEFAULT_METHODS)}); e.g. {' '.join(METHODS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
     p.add_argument("--per-class", type=int, default=d.per_class, help=f"target images per class (default: {d.per_class})")
@@ -85,7 +89,7 @@ def parse_args(argv=None):
 
 
 def config_from(args):
-    from paddle_dtnh.experiment import RunConfig
+    from lab import RunConfig
 
     cfg = RunConfig(arch=args.arch, iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
                     image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay)
@@ -150,7 +154,7 @@ def plot_figures(results: list, output: str) -> list:
 def what_happened(results: list) -> str:
     """One line: how much the regularizer cost (or gained) against
     fine-tuning, and how much of that each DTNH rule recovered (or kept)."""
-    from paddle_dtnh.experiment import method_spec
+    from lab import method_spec
 
     acc = {}
     for r in results:
@@ -186,7 +190,7 @@ def _save(fig, output, name):
 
 
 def summary_table(results: list) -> str:
-    from paddle_dtnh.experiment import method_spec
+    from lab import method_spec
 
     rows = ["| method | test accuracy (%) | runs | conflicting steps (%) |", "|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in results):
@@ -207,7 +211,7 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from paddle_dtnh.experiment import method_spec, pretrain_source, run_transfer
+    from lab import method_spec, pretrain_source, run_transfer
 
     try:
         paddle.set_device(args.device)

@@ -1,33 +1,47 @@
 """paddle_dtnh: regularized deep transfer learning that never hurts.
 
 DTNH (Wan et al., "Towards Making Deep Transfer Learning Never Hurt") for
-PaddlePaddle: the projection (:mod:`paddle_dtnh.projection`), an optimizer
-wrapper (:class:`DTNH`) and transfer regularizers
-(:mod:`paddle_dtnh.regularizers`).
+PaddlePaddle. The layers, each in its own module:
+
+* :mod:`paddle_dtnh.rules`: :class:`Rule` and the named :data:`PRESETS`;
+* :mod:`paddle_dtnh.projection`: the direction, pure functions on tensor lists;
+* :mod:`paddle_dtnh.references`: what conflicts are judged against;
+* :mod:`paddle_dtnh.diagnostics`: the step's stats and the logger protocol;
+* :class:`DTNH` (:mod:`paddle_dtnh.optimizer`): wires them to any Paddle optimizer;
+* :mod:`paddle_dtnh.regularizers`: L2-SP, KnowDist, DELTA and relatives;
+* :mod:`paddle_dtnh.models`, :mod:`paddle_dtnh.io`, :mod:`paddle_dtnh.integrations`
+  (PaddleHub, paddle.Model, VisualDL), :mod:`paddle_dtnh.data`.
 """
 
 from ._quiet import import_paddle_quietly
 
 import_paddle_quietly()
 
-from . import attention, features, projection, regularizers, stats  # noqa: E402
-from .optimizer import DTNH, NONFINITE_POLICIES, REFERENCES  # noqa: E402
-from .presets import PRESETS  # noqa: E402
-from .projection import GRANULARITIES, RULES, dtnh_direction  # noqa: E402
+from . import _moved, attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
+from .optimizer import DTNH, NONFINITE_POLICIES  # noqa: E402
+from .projection import RULES, dtnh_direction  # noqa: E402
+from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, REFERENCES, Rule, resolve_rule  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_moved.install()  # the 0.1 module paths (paddle_dtnh.io.files, .hub, ...) for one release
 
 __all__ = [
     "DTNH",
-    "NONFINITE_POLICIES",
+    "Rule",
     "PRESETS",
+    "resolve_rule",
+    "NONFINITE_POLICIES",
     "GRANULARITIES",
-    "RULES",
+    "ON_CONFLICT",
     "REFERENCES",
+    "RULES",
     "dtnh_direction",
     "attention",
+    "diagnostics",
     "features",
     "projection",
+    "references",
     "regularizers",
-    "stats",
+    "rules",
 ]

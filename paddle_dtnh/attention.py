@@ -29,7 +29,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from . import files
+from .io import files
 from ._checks import check_choice, check_positive_int
 from .features import frozen_copy
 
@@ -46,15 +46,15 @@ NORMALIZATIONS = ("zscore", "softmax")
 
 def network_stages(model: paddle.nn.Layer) -> list:
     """The stage split of ``model``'s registered architecture
-    (:mod:`paddle_dtnh.architectures`)."""
-    from .architectures import architecture_of
+    (:mod:`paddle_dtnh.models.architectures`)."""
+    from .models.architectures import architecture_of
 
     arch = architecture_of(model)
     if arch is None:
         raise ValueError(
             f"No stage split registered for {type(model).__name__}: pass stages=split_fn "
             "(network -> [(name, callable), ...], image batch -> pooled features), or register "
-            "the architecture with paddle_dtnh.architectures.register()."
+            "the architecture with paddle_dtnh.models.architectures.register()."
         )
     return arch.stages(model)
 
@@ -107,9 +107,9 @@ class AttentionWeights:
     @classmethod
     def load(cls, path: str, *, source: paddle.nn.Layer | None = None, layers=None, trusted: bool = False):
         """Read a file written by :meth:`save` (no code runs: see
-        :func:`paddle_dtnh.files.load`); with ``source`` and/or ``layers``,
+        :func:`paddle_dtnh.io.files.load`); with ``source`` and/or ``layers``,
         reject a file computed for another source network or layer set."""
-        blob = files.check_format(files.load(path, what="attention file", trusted=trusted),
+        blob = files.check_format(files.load(path, what="attention file", trusted=trusted, require_digest=not trusted),
                                   _FORMAT, path, "attention file")
         found = cls(blob["weights"], blob["gaps"], blob["source_key"], blob["normalization"],
                     blob.get("meta", {}))
@@ -248,7 +248,7 @@ def compute_attention(
             stage but the first and last (``layer1``..``layer4`` for ResNet).
         stages (callable, optional): ``split(model) -> [(name, callable)]``,
             applied to the frozen copy; default: the architecture's split
-            (:mod:`paddle_dtnh.architectures`).
+            (:mod:`paddle_dtnh.models.architectures`).
         fe_epochs (int, optional): L2-FE epochs. Default: 10.
         fe_lr (float, optional): L2-FE learning rate (momentum 0.9). Default: 0.01.
         max_batches (int, optional): batches averaged for the gaps. Default: 4.

@@ -1,7 +1,7 @@
 """Feature maps of named sublayers, and the frozen source network.
 
 Which layers are hooked by default is the architecture's business
-(:mod:`paddle_dtnh.architectures`).
+(:mod:`paddle_dtnh.models.architectures`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def default_layers(model: paddle.nn.Layer) -> list:
         ValueError: the architecture has no default; the message lists the
             model's sublayer names to choose ``layers=`` from.
     """
-    from .architectures import architecture_of
+    from .models.architectures import architecture_of
 
     arch = architecture_of(model)
     if arch is not None:

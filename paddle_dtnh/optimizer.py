@@ -1,14 +1,17 @@
 """``DTNH``: wraps any Paddle optimizer and feeds it the DTNH direction.
 
-One path for every regularizer and both loops:
+Only wiring lives here; each job has its own module:
 
 1. gather ``gJ`` (``paddle.grad`` in :meth:`DTNH.update`, ``p.grad`` after
    the loop's own ``backward()`` in :meth:`DTNH.step`) and ``gO``
-   (``regularizer.grads``: closed form or autograd, the regularizer's
-   business);
-2. combine them with :func:`paddle_dtnh.projection.dtnh_direction`;
-3. check the direction is finite (the one host sync of a step), write it into
-   each parameter's ``.grad`` and call the inner optimizer's ``step()``.
+   (``regularizer.grads``; in hook mode accumulated per micro-batch by
+   :class:`paddle_dtnh._hook_mode.PendingRegularizer`);
+2. the reference conflicts are judged against (:mod:`paddle_dtnh.references`);
+3. the direction (:func:`paddle_dtnh.projection.dtnh_direction`, the rule a
+   :class:`paddle_dtnh.rules.Rule`);
+4. check it is finite (the one host sync of a step), write it into each
+   parameter's ``.grad`` and call the inner optimizer's ``step()``;
+5. checkpoints by structured parameter names (:mod:`paddle_dtnh._optim_state`).
 
 The inner optimizer's own update rule, learning-rate schedule, ``grad_clip``
 and ``weight_decay`` are untouched; clip and decay act on the direction.
@@ -21,13 +24,16 @@ import warnings
 
 import paddle
 
-from . import files
 from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
+from ._hook_mode import PendingRegularizer
+from ._optim_state import StructuredState, optimizer_parameters, stable_names
+from .diagnostics import collect_step_stats
 from .distributed import all_reduce_mean
-from .presets import resolve_preset
-from .projection import GRANULARITIES, RULES, dtnh_direction
+from .io import files
+from .projection import dtnh_direction
+from .references import make_reference
 from .regularizers.base import TransferRegularizer
-from .stats import collect_step_stats
+from .rules import REFERENCES, Rule, resolve_rule
 
 __all__ = ["DTNH", "NONFINITE_POLICIES", "REFERENCES"]
 
@@ -35,42 +41,14 @@ _log = logging.getLogger("paddle_dtnh")
 
 #: What to do when the direction holds NaN or Inf: skip the step (and count
 #: it) or raise ``FloatingPointError``. Weights and optimizer state are never
-#: touched by a non-finite step either way.
+#: touched by a non-finite step either way. Under a ``GradScaler`` an
+#: overflow is routine: the step is skipped and counted, never raised.
 NONFINITE_POLICIES = ("skip", "raise")
-
-#: What conflicts are judged against: ``"batch"`` (this batch's gJ, the
-#: paper) or ``"ema"`` (an exponential moving average of gJ).
-REFERENCES = ("batch", "ema")
 
 _STATE_KEY = "dtnh"
 _INNER_KEY = "optimizer"
-_INNER_FORMAT = "paddle_dtnh.optimizer/2"
-#: entries of a Paddle optimizer's state dict that are not accumulators
-_INNER_EXTRAS = ("LR_Scheduler", "master_weights")
-
-
-def _tensor_problems(label: str, value, like) -> list:
-    """What is wrong with a saved tensor that must match ``like`` (empty: nothing)."""
-    if not isinstance(value, paddle.Tensor):
-        return [f"{label} is a {type(value).__name__}, not a tensor"]
-    if list(value.shape) != list(like.shape):
-        return [f"{label}: shape {list(value.shape)} saved, {list(like.shape)} expected"]
-    if value.dtype != like.dtype:
-        return [f"{label}: dtype {value.dtype} saved, {like.dtype} expected"]
-    return []
-
-
-def _optimizer_parameters(optimizer) -> list:
-    """Every parameter an optimizer owns, flattening parameter groups."""
-    params = getattr(optimizer, "_parameter_list", None)
-    if not params:
-        raise TypeError(
-            f"{type(optimizer).__name__} has no parameter list; pass a "
-            "paddle.optimizer.Optimizer built with parameters=model.parameters()."
-        )
-    if isinstance(params[0], dict):
-        return [p for group in params for p in group["params"]]
-    return list(params)
+_UNSET = object()
+_RULE_OPTIONS = ("granularity", "on_conflict", "reference", "max_reg_ratio", "ema_decay", "holdout_every")
 
 
 def _coupled_weight_decay(optimizer):
@@ -86,14 +64,7 @@ def _coupled_weight_decay(optimizer):
     return None
 
 
-def _stable_names(params, model) -> list:
-    """A name per parameter that does not depend on creation order: the
-    model's structured name, else the parameter's position ("#3")."""
-    named = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-    return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
-
-
-def _all_finite(tensors) -> paddle.Tensor:
+def _all_finite(tensors, like=None) -> paddle.Tensor:
     """A 0-d bool tensor: every entry of every tensor is finite.
 
     A tensor's plain sum is NaN or Inf exactly when an entry is, or when its
@@ -101,8 +72,26 @@ def _all_finite(tensors) -> paddle.Tensor:
     float32, a step that would wreck the weights anyway); a sum of squares
     would overflow already at ~1e16. One read per tensor, no temporary (half
     the cost of ``isfinite(t).all()`` on CPU)."""
-    sums = [paddle.sum(t) for t in tensors if t is not None]
-    return paddle.isfinite(paddle.stack(sums)).all() if sums else paddle.to_tensor(True)
+    sums = [paddle.sum(t.astype("float32") if t.dtype in (paddle.float16, paddle.bfloat16) else t)
+            for t in tensors if t is not None]
+    if sums:
+        return paddle.isfinite(paddle.stack(sums)).all()
+    return paddle.full([], True, dtype="bool", device=None if like is None else like.place)
+
+
+def _rule_of(preset, options: dict) -> Rule:
+    """The Rule of a DTNH: ``preset`` with the options given (0.1's ``rule=``
+    and ``project=`` spelled the new way, with a warning)."""
+    legacy_rule, project = options.pop("rule"), options.pop("project")
+    if legacy_rule is not _UNSET:
+        warnings.warn("DTNH(rule=...) is deprecated: use on_conflict=...", DeprecationWarning, stacklevel=3)
+        options["on_conflict"] = legacy_rule
+    if project is not _UNSET:
+        warnings.warn("DTNH(project=False) is deprecated: use preset='vanilla'", DeprecationWarning, stacklevel=3)
+        if not project:
+            options["on_conflict"] = "ignore"
+    given = {k: v for k, v in options.items() if v is not _UNSET}
+    return resolve_rule(preset, **given)
 
 
 class DTNH:
@@ -122,11 +111,13 @@ class DTNH:
     The same loop serves every regularizer (``output, omega = reg.run(x)``):
 
     * explicit: ``opt.update(loss, omega)`` takes both gradients with
-      ``paddle.grad`` and steps;
-    * hook, for loops that call ``loss.backward(); opt.step()`` themselves
-      (PaddleHub's Trainer, ``paddle.Model``): ``opt.regularize(omega)``
-      before ``loss.backward()``, then ``opt.step()``. Weight regularizers
-      may skip ``regularize`` (their gradient is known in closed form).
+      ``paddle.grad`` and steps (``scaler=`` for mixed precision);
+    * hook, for loops that call ``loss.backward()`` themselves (PaddleHub's
+      Trainer, ``paddle.Model``, a ``GradScaler`` loop): per micro-batch,
+      ``opt.regularize(omega)`` then ``loss.backward()``; then
+      ``opt.step()`` once. With gradient accumulation, gO is summed over
+      the micro-batches as ``backward()`` sums gJ. Weight regularizers may
+      skip ``regularize`` (closed form, counted once per backward).
 
     Args:
         optimizer (paddle.optimizer.Optimizer): the inner optimizer (SGD,
@@ -139,45 +130,41 @@ class DTNH:
             in (0, 1], at every epoch (the paper's schedule). Default: 1.0.
         steps_per_epoch (int, optional): if given, an epoch ends every this
             many applied steps; otherwise call :meth:`next_epoch`. Default: None.
-        preset (str, optional): a name in :data:`paddle_dtnh.PRESETS` giving
-            ``granularity``, ``rule``, ``reference`` (and ``max_reg_ratio``
-            if it sets one); the explicit arguments below override it.
-            Default: "paper".
-        granularity (str, optional): the block a conflict is judged on:
-            ``"global"`` (the paper), ``"layer"`` or ``"coordinate"``.
-        rule (str, optional): ``"project"`` (the paper) or ``"drop"``; see
-            :func:`paddle_dtnh.projection.dtnh_direction`.
-        reference (str, optional): ``"batch"`` (this batch's :math:`g_J`, the
-            paper) or ``"ema"``: an exponential moving average
-            :math:`m \leftarrow \beta m + (1-\beta) g_J` (started at the first
-            :math:`g_J` and again after a skipped step), which costs one
-            gradient copy of memory and is part of :meth:`state_dict`.
-            Guarantee: :math:`\langle d, r\rangle \ge \langle g_J, r\rangle`
-            for the reference :math:`r`.
-        ema_decay (float, optional): :math:`\beta` of ``reference="ema"``, in
-            [0, 1). Default: 0.9.
-        max_reg_ratio (float, optional): :math:`\rho > 0`: after the rule,
-            scale the kept pull down so that :math:`\lVert\lambda
-            g'_\Omega\rVert \le \rho \lVert g_J\rVert` (over all
-            parameters): a pull that is not in conflict may still not
-            outweigh the data. Default: None (no cap, the paper).
-        project (bool, optional): ``False`` steps along :math:`g_J + \lambda
-            g_\Omega` without projection: the vanilla regularized baseline,
-            through the same code. Default: True.
+        preset (str|Rule, optional): a name in :data:`paddle_dtnh.PRESETS`
+            or a :class:`paddle_dtnh.Rule`; the options below override its
+            fields (``max_reg_ratio=None`` lifts a preset's cap). Default: "paper".
+        granularity (str, optional): ``"global"`` (the paper), ``"layer"``
+            or ``"coordinate"``; see :class:`paddle_dtnh.Rule`.
+        on_conflict (str, optional): ``"project"`` (the paper), ``"drop"``,
+            or ``"ignore"`` (the vanilla regularized baseline).
+        reference (str, optional): ``"batch"`` (the paper), ``"ema"`` (a
+            moving average of :math:`g_J`; one gradient copy, saved in
+            :meth:`state_dict`) or ``"holdout"`` (the gradient of the
+            held-out loss ``holdout()``). Guarantee:
+            :math:`\langle d, r\rangle \ge \langle g_J, r\rangle` for the
+            reference :math:`r`.
+        max_reg_ratio (float, optional): :math:`\rho > 0`: cap
+            :math:`\lVert\lambda g'_\Omega\rVert \le \rho\lVert g_J\rVert`.
+        ema_decay (float, optional): :math:`\beta` of ``reference="ema"``.
+        holdout_every (int, optional): steps between refreshes of the
+            held-out gradient.
+        holdout (callable, optional): ``() -> Tensor``: the empirical loss of
+            the current model on held-out target data (your loader and
+            forward), for ``reference="holdout"``. BatchNorm statistics are
+            left unchanged by it. Default: None.
         on_nonfinite (str, optional): ``"skip"`` skips a step whose direction
             holds NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
         track_stats (bool, optional): compute the diagnostics (angles,
             conflict, norms) into :attr:`last_stats` every step. Default: False.
-        logger (paddle_dtnh.stats.StepLogger, optional): gets every applied
-            step's stats; the diagnostics are computed on its logging steps
-            only. Default: None.
+        logger (paddle_dtnh.diagnostics.StepLogger, optional): gets every
+            applied step's stats; the diagnostics are computed on its logging
+            steps only. Default: None.
         eps (float, optional): floor of :math:`\lVert r_b\rVert^2`, > 0. Default: 1e-20.
         model (paddle.nn.Layer, optional): the network being trained. Its
-            structured parameter names (``layer1.0.conv1.weight``) key the
-            optimizer state in :meth:`state_dict`, so a checkpoint resumes
-            whatever order the layers were created in. Default: the
-            regularizer's model; without either, the parameters' positions.
+            structured parameter names key the optimizer state in
+            :meth:`state_dict`; its BatchNorms are protected from the held-out
+            forward. Default: the regularizer's model.
 
     Examples:
         .. code-block:: python
@@ -196,7 +183,7 @@ class DTNH:
             >>> x, y = paddle.randn([8, 4]), paddle.randint(0, 3, [8])
             >>> logits, omega = reg.run(x)
             >>> stats = opt.update(F.cross_entropy(logits, y), omega)
-            >>> opt.num_steps, opt.rule
+            >>> opt.num_steps, opt.rule.on_conflict
             (1, 'drop')
     """
 
@@ -208,49 +195,45 @@ class DTNH:
         lam: float,
         lam_decay: float = 1.0,
         steps_per_epoch: int | None = None,
-        preset: str = "paper",
-        granularity: str | None = None,
-        rule: str | None = None,
-        reference: str | None = None,
-        ema_decay: float = 0.9,
-        max_reg_ratio: float | None = None,
-        project: bool = True,
+        preset: str | Rule = "paper",
+        granularity=_UNSET,
+        on_conflict=_UNSET,
+        reference=_UNSET,
+        max_reg_ratio=_UNSET,
+        ema_decay=_UNSET,
+        holdout_every=_UNSET,
+        holdout=None,
         on_nonfinite: str = "skip",
         track_stats: bool = False,
         logger=None,
         eps: float = 1e-20,
         model: paddle.nn.Layer | None = None,
+        rule=_UNSET,
+        project=_UNSET,
     ):
-        options = resolve_preset(preset, granularity=granularity, rule=rule, reference=reference,
-                                 max_reg_ratio=max_reg_ratio)
-        check_choice("granularity", options["granularity"], GRANULARITIES)
-        check_choice("rule", options["rule"], RULES)
-        check_choice("reference", options["reference"], REFERENCES)
+        options = dict(granularity=granularity, on_conflict=on_conflict, reference=reference,
+                       max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every,
+                       rule=rule, project=project)
+        self.rule = _rule_of(preset, options)
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
-        params = _optimizer_parameters(optimizer)
+        params = optimizer_parameters(optimizer)
         self._check_weight_decay(optimizer)
         if regularizer is not None:
             self._check_regularizer(regularizer, params)
 
         self._inner = optimizer
         self._params = params
-        model = model if model is not None else getattr(regularizer, "model", None)
-        self._names = _stable_names(params, model)
-        self._stable_of = {p.name: name for p, name in zip(params, self._names)}  # Paddle name -> stable
+        self.model = model if model is not None else getattr(regularizer, "model", None)
+        self._names = stable_names(params, self.model)
+        self._state = StructuredState(optimizer, params, self._names)
         self.regularizer = regularizer
         self.lam0 = check_nonnegative("lam", lam)
         self.lam_decay = check_ratio("lam_decay", lam_decay)
         self.steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
-        self.preset = preset
-        self.granularity = options["granularity"]
-        self.rule = options["rule"]
-        self.reference = options["reference"]
-        self.ema_decay = check_ratio("ema_decay", ema_decay, low_open=False)
-        ratio = options.get("max_reg_ratio")
-        self.max_reg_ratio = None if ratio is None else check_positive("max_reg_ratio", ratio)
-        self.project = bool(project)
+        self.preset = preset if isinstance(preset, str) else None
+        self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
         self.track_stats = track_stats
         self.logger = logger
@@ -259,11 +242,18 @@ class DTNH:
         self.num_steps = 0  # steps applied
         self.skipped_steps = 0  # steps skipped for a non-finite direction
         self._epoch = 0
-        self._ema = {}  # id(param) -> moving average of gJ (reference="ema")
         self.last_stats: dict = {}
-        self._pending = None  # (params, gO, omega) from regularize(), for step()
+        self._pending = PendingRegularizer(self)  # hook mode: gO per micro-batch, paired with backward()
         self._noted_loss = None  # from note_task_loss(), for the logs
         self._warned_no_loss = False
+        self._aux = {}  # GradScaler's auxiliary variables (found_inf)
+
+    # -- the rule's fields, read-only (0.1 names) ------------------------------
+    granularity = property(lambda self: self.rule.granularity)
+    reference = property(lambda self: self.rule.reference)
+    max_reg_ratio = property(lambda self: self.rule.max_reg_ratio)
+    ema_decay = property(lambda self: self.rule.ema_decay)
+    project = property(lambda self: self.rule.projects)
 
     @staticmethod
     def _check_weight_decay(optimizer) -> None:
@@ -327,7 +317,13 @@ class DTNH:
 
     # -- the two loops -------------------------------------------------------
     def _trainable(self) -> list:
-        return [p for p in self._params if not p.stop_gradient]
+        params = [p for p in self._params if not p.stop_gradient]
+        if not params:
+            raise ValueError(
+                "Every parameter of the optimizer is frozen (stop_gradient=True): there is nothing to "
+                "train. Unfreeze some (p.stop_gradient = False) or build the optimizer over trainable ones."
+            )
+        return params
 
     def _reg_grads(self, params, omega) -> list:
         """gO aligned with ``params`` (None where Omega does not depend on p)."""
@@ -337,7 +333,7 @@ class DTNH:
             return [None] * len(params)
         return self.regularizer.grads(params, omega)
 
-    def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None) -> dict:
+    def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None, *, scaler=None) -> dict:
         """Explicit mode: one DTNH step from this batch's losses.
 
         Args:
@@ -346,37 +342,69 @@ class DTNH:
                 forward pass (``reg.run(x)[1]``). Weight regularizers may omit
                 it (their gradient is known in closed form); feature-map
                 regularizers need it. Default: None.
+            scaler (paddle.amp.GradScaler, optional): mixed precision: pass the
+                unscaled ``loss``; both backward passes run on scaled losses
+                (so float16 gradients do not underflow), both gradients are
+                unscaled before the rule, and the scaler skips the step on
+                inf/nan and updates its scale. Default: None.
 
         Returns:
-            dict: this step's stats (keys in :data:`paddle_dtnh.stats.STATS`):
+            dict: this step's stats (keys in :data:`paddle_dtnh.diagnostics.STATS`):
             ``lam``, ``task_loss``, ``reg_loss`` (when known), ``conflict``
             and, with ``track_stats`` or on the logger's steps, the
             diagnostics; ``{"skipped": True}`` for a skipped step.
         """
+        if self._pending.active:
+            raise RuntimeError(
+                "update() was called while regularize() results are pending for step(): use one loop per "
+                "optimizer (explicit: update(loss, omega); hook: regularize(omega), loss.backward(), step()).")
         params = self._trainable()
-        if omega is not None and not self.project and not self._wants_stats():
+        if self.regularizer is not None:
+            self.regularizer.take_graph_anchors()  # only hook mode pairs through them
+        scale = _scale_of(scaler)
+        scaled = (lambda t: t) if scale is None else (lambda t: scaler.scale(t))
+        if omega is not None and not self.rule.projects and not self._wants_stats() and scale is None:
             # the vanilla baseline needs no separate gradients: one backward
+            if self.regularizer is None:
+                raise ValueError("omega was given but this DTNH has no regularizer.")
+            self.regularizer.check_omega(omega)
             total = all_reduce_mean(paddle.grad(loss + self.lam * omega, params, allow_unused=True))
             return self._apply(params, total, [None] * len(params), loss, omega, owns_grads=True)
-        reg_grads = self._reg_grads(params, omega)  # first: it keeps the graph for gJ
+        reg_grads = self._reg_grads(params, None if omega is None else scaled(omega))  # first: keeps the graph
         # under data parallelism paddle.grad gives this rank's gradient only
-        task_grads = all_reduce_mean(paddle.grad(loss, params, allow_unused=True))
-        return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True)
+        task_grads = all_reduce_mean(paddle.grad(scaled(loss), params, allow_unused=True))
+        if scale is not None:
+            _unscale(task_grads, scale)
+            if omega is not None:
+                _unscale(reg_grads, scale)
+        return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True, scaler=scaler)
 
-    def regularize(self, omega: paddle.Tensor) -> paddle.Tensor:
+    def regularize(self, omega: paddle.Tensor, *, scaler=None) -> paddle.Tensor:
         """Hook mode: take gO of ``omega`` now, for the coming :meth:`step`.
 
-        Call it after the forward pass and before ``loss.backward()``; it keeps
-        the graph alive for that backward.
+        Call it once per micro-batch, after the forward pass and before that
+        batch's ``loss.backward()``; it keeps the graph alive for the
+        backward. gO adds up over the micro-batches until :meth:`step`,
+        exactly as ``backward()`` adds gJ up in ``p.grad`` (scale ``omega``
+        as you scale the loss). A ``regularize`` whose forward never gets its
+        ``backward()`` makes :meth:`step` raise.
 
         Args:
-            omega (Tensor): the regularizer's value on this batch.
+            omega (Tensor): the regularizer's value on this batch, unscaled.
+            scaler (paddle.amp.GradScaler, optional): take gO of the scaled
+                ``omega`` and unscale it (float16 forwards). Default: None.
 
         Returns:
             Tensor: ``omega`` detached, for logging.
         """
+        if self.regularizer is None:
+            raise ValueError("regularize() was called but this DTNH has no regularizer.")
         params = self._trainable()
-        self._pending = (params, self._reg_grads(params, omega), omega.detach())
+        scale = _scale_of(scaler)
+        grads = self._reg_grads(params, omega if scale is None else scaler.scale(omega))
+        if scale is not None:
+            _unscale(grads, scale)
+        self._pending.add(params, grads, omega.detach(), self.regularizer.take_graph_anchors())
         return omega.detach()
 
     def note_task_loss(self, loss: paddle.Tensor) -> None:
@@ -386,6 +414,11 @@ class DTNH:
 
     def step(self, loss: paddle.Tensor | None = None) -> None:
         """Hook mode: combine ``p.grad`` (gJ from ``backward()``) with gO and step.
+
+        Raises ``RuntimeError``, with weights and optimizer state unchanged,
+        when the gradients cannot be paired: a ``regularize`` whose forward
+        got no ``backward()``, or a ``backward()`` without ``regularize``
+        under a regularizer that needs it.
 
         Args:
             loss (Tensor, optional): the empirical loss, for the logs only.
@@ -397,24 +430,32 @@ class DTNH:
             self._warned_no_loss = True
             warnings.warn(
                 "DTNH.step() got no empirical loss, so its logger cannot write it: wrap the model in "
-                "paddle_dtnh.hub.TransferTask (hub.Trainer, paddle.Model), or call "
+                "paddle_dtnh.integrations.hub.TransferTask (hub.Trainer, paddle.Model), or call "
                 "opt.note_task_loss(loss) or opt.step(loss).",
                 stacklevel=2,
             )
         params = self._trainable()
-        pending, self._pending = self._pending, None
-        if pending is None:
-            omega, reg_grads = None, self._reg_grads(params, None)
-        else:
-            pending_params, reg_grads, omega = pending
-            if [id(p) for p in pending_params] != [id(p) for p in params]:
-                raise RuntimeError("The trainable parameters changed between regularize() and step().")
+        reg_grads, omega = self._pending.collect(params)
         task_grads = [p.grad if p._grad_ivar() is not None else None for p in params]
-        self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False)
+        scaler_driven = self._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
+        self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)
 
     def minimize(self, loss=None, startup_program=None, parameters=None, no_grad_set=None):
-        """Same as :meth:`step` (``paddle.Model`` calls it after ``backward()``)."""
+        """What Paddle's dygraph ``minimize`` does after ``loss.backward()``:
+        step with the gradients in ``p.grad`` (here: :meth:`step`). Returns
+        ``(None, [(param, direction), ...])`` as Paddle's does, for
+        ``GradScaler.minimize`` and ``paddle.Model``."""
         self.step(loss)
+        return None, [(p, p.grad) for p in self._params if not p.stop_gradient and p._grad_ivar() is not None]
+
+    # -- GradScaler's protocol: it hands found_inf to optimizers that take it
+    def _set_auxiliary_var(self, key, value):
+        self._aux[key] = value
+
+    def _get_auxiliary_var(self, key):
+        if key == "found_inf":  # the scaler lowers its scale when the step was skipped
+            return bool(self.last_stats.get("skipped", False))
+        return self._aux.get(key)
 
     def _wants_stats(self) -> bool:
         """Diagnostics for the coming step: always, or on the logger's steps."""
@@ -422,52 +463,30 @@ class DTNH:
             self.logger is not None and self.logger.wants_stats(self.num_steps + 1)
         )
 
-    def _update_reference(self, params, task_grads):
-        """The reference conflicts are judged against: None (the batch's gJ),
-        or the moving average of gJ, updated in place with this batch's gJ
-        (before the direction overwrites it). A skipped step restarts the
-        average (see :meth:`_skip`), so a non-finite gJ never stays in it."""
-        if self.reference == "batch" or not self.project:
-            return None
-        beta = self.ema_decay
-        reference = []
-        for p, g in zip(params, task_grads):
-            m = self._ema.get(id(p))
-            if m is None:
-                m = None if g is None else g.detach().clone()
-            elif g is None:
-                m.scale_(beta)
-            else:
-                # beta*m + (1-beta)*g in three in-place passes: no temporary
-                # (paddle.lerp is several times slower on CPU and allocates)
-                m.scale_(beta / (1.0 - beta)).add_(g.detach()).scale_(1.0 - beta)
-            if m is not None:
-                self._ema[id(p)] = m
-            reference.append(m)
-        return reference
-
-    def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads):
+    def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads, scaler=None,
+               scaler_driven=False):
         lam = self.lam
         with_stats = self._wants_stats()
-        reference = self._update_reference(params, task_grads)
+        like = next((g for g in task_grads if g is not None), params[0])
+        reference = self._reference.get(params, task_grads, self.num_steps + 1) if self.rule.projects else None
         # detach() shares storage (no copy) and lets Paddle write in place; in
         # hook mode that is p.grad itself, which the direction replaces anyway
         directions, stats = dtnh_direction(
             [None if g is None else g.detach() for g in task_grads],
             [None if g is None else g.detach() for g in reg_grads],
             lam,
-            granularity=self.granularity,
-            rule=self.rule,
-            reference_grads=reference,
-            max_reg_ratio=self.max_reg_ratio,
+            self.rule,
+            reference=reference,
             eps=self.eps,
-            project=self.project,
             with_stats=with_stats,
             inplace=True,
         )
         # the one host sync of a step: whether to step at all
-        if not bool(_all_finite(directions)):
-            return self._skip(params, owns_grads)
+        finite = bool(_all_finite(directions, like))
+        if scaler is not None:
+            _tell_scaler(scaler, finite)
+        if not finite:
+            return self._skip(params, owns_grads, routine=scaler is not None or scaler_driven)
         if with_stats and self.regularizer is not None and omega is None:
             with paddle.no_grad():  # Omega at the weights gO was taken at
                 omega = self.regularizer()
@@ -487,9 +506,9 @@ class DTNH:
             self.logger.on_step(self, stats)
         return stats
 
-    def _skip(self, params, owns_grads) -> dict:
+    def _skip(self, params, owns_grads, routine=False) -> dict:
         self.skipped_steps += 1
-        self._ema = {}  # restart the moving average: this batch's gJ is in it
+        self._reference.reset()  # restart the moving average: this batch's gJ is in it
         if owns_grads:
             for p in params:
                 p.clear_gradient(False)
@@ -497,15 +516,15 @@ class DTNH:
             f"non-finite direction at step {self.num_steps + self.skipped_steps} "
             f"({self.skipped_steps} skipped so far)"
         )
-        if self.on_nonfinite == "raise":
+        self.last_stats = {"skipped": True}
+        if self.on_nonfinite == "raise" and not routine:
             raise FloatingPointError(
                 message + "; weights and optimizer state were left unchanged. "
                 "Lower the learning rate or lam, or set on_nonfinite='skip'."
             )
-        _log.warning("DTNH skipped a step: %s", message)
+        (_log.info if routine else _log.warning)("DTNH skipped a step: %s", message)
         if self.logger is not None:
             self.logger.on_skip(self)
-        self.last_stats = {"skipped": True}
         return self.last_stats
 
     # -- Paddle's optimizer interface ------------------------------------------
@@ -536,6 +555,10 @@ class DTNH:
     def _parameter_list(self):
         return self._inner._parameter_list
 
+    @property
+    def _param_groups(self):
+        return getattr(self._inner, "_param_groups", None)
+
     def get_lr(self) -> float:
         return self._inner.get_lr()
 
@@ -543,39 +566,28 @@ class DTNH:
         self._inner.set_lr(value)
 
     def clear_grad(self, set_to_zero: bool = True) -> None:
-        self._pending = None
+        self._pending.clear()
+        self._aux = {}
         self._inner.clear_grad(set_to_zero)
 
     clear_gradients = clear_grad
 
     def _config(self) -> dict:
-        return {"lam": self.lam0, "lam_decay": self.lam_decay, "granularity": self.granularity,
-                "rule": self.rule, "reference": self.reference, "ema_decay": self.ema_decay,
-                "max_reg_ratio": self.max_reg_ratio, "project": self.project}
-
-    def _inner_state(self) -> dict:
-        """The inner optimizer's state keyed by stable parameter names."""
-        accumulators, generated = {}, set()
-        for acc, per_param in self._inner._accumulators.items():
-            for param_name, var in per_param.items():
-                accumulators.setdefault(self._stable_of[param_name], {})[acc] = var
-                generated.add(var.name)
-        other = {k: v for k, v in self._inner.state_dict().items() if k not in generated}
-        return {"format": _INNER_FORMAT, "accumulators": accumulators, "other": other}
+        return {"lam": self.lam0, "lam_decay": self.lam_decay, **self.rule.as_dict()}
 
     def state_dict(self) -> dict:
         """The inner optimizer's state under ``"optimizer"`` (accumulators keyed
         by the model's structured parameter names, so resuming never depends
         on the order layers were created in), DTNH's under ``"dtnh"``
-        (counters, configuration, the moving average of ``reference="ema"``)."""
+        (counters, configuration, the reference's state: the moving average
+        or the held-out gradient)."""
         return {
-            _INNER_KEY: self._inner_state(),
+            _INNER_KEY: self._state.state(),
             _STATE_KEY: {
                 "num_steps": self.num_steps,
                 "skipped_steps": self.skipped_steps,
                 "epoch": self._epoch,
-                "ema": {name: self._ema[id(p)] for p, name in zip(self._params, self._names)
-                        if id(p) in self._ema},
+                **self._reference.state_dict(self._names, self._params),
                 **self._config(),
             },
         }
@@ -586,47 +598,18 @@ class DTNH:
         self._validated(state_dict)
 
     def _validated(self, state_dict) -> dict:
-        """``state_dict`` with its arrays as tensors, once checked to fit (see
-        :meth:`check_state_dict`)."""
+        """``state_dict`` with its arrays as tensors, once checked to fit."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
         state_dict = files.to_tensors(state_dict)  # paddle.Model.load leaves (name, ndarray) pairs
         if _STATE_KEY not in state_dict:
-            self._check_bare_inner(state_dict)
+            self._state.check_bare(state_dict)
             return state_dict
         ours, inner = state_dict[_STATE_KEY], state_dict.get(_INNER_KEY)
         missing = {"num_steps", "skipped_steps", "epoch"} - set(ours if isinstance(ours, dict) else {})
         if missing or not isinstance(inner, dict):
             raise ValueError(f"Corrupt DTNH state_dict: missing {sorted(missing) or [_INNER_KEY]}.")
-        if inner.get("format") != _INNER_FORMAT:
-            raise ValueError(
-                f"The optimizer state has format {inner.get('format')!r}, not {_INNER_FORMAT!r}: it was "
-                "saved by an older paddle_dtnh, whose state is keyed by generated names; restart the "
-                "optimizer state or load it into the bare inner optimizer."
-            )
-        params = dict(zip(self._names, self._params))
-        problems = []
-        saved = inner.get("accumulators", {})
-        expected = self._accumulator_vars() if saved else {}
-        found = set()
-        for name, per_acc in saved.items():
-            if name not in params:
-                problems.append(f"optimizer: {name} is not a parameter of this optimizer")
-                continue
-            for acc, tensor in per_acc.items():
-                found.add((name, acc))
-                var = expected.get((name, acc))
-                if var is None:
-                    problems.append(f"optimizer: {type(self._inner).__name__} keeps no {acc} for {name} "
-                                    "(saved by another kind of optimizer?)")
-                else:
-                    problems += _tensor_problems(f"optimizer: {name} ({acc})", tensor, var)
-        problems += [f"optimizer: {acc} of {name} is missing" for name, acc in expected if (name, acc) not in found]
-        for name, tensor in ours.get("ema", {}).items():
-            if name not in params:
-                problems.append(f"moving average: {name} is not a parameter of this optimizer")
-            else:
-                problems += _tensor_problems(f"moving average: {name}", tensor, params[name])
+        problems = self._state.problems(inner) + self._reference.problems(ours, self._names, self._params)
         if problems:
             raise ValueError(
                 "The saved optimizer state does not fit this model and optimizer:\n  "
@@ -634,20 +617,6 @@ class DTNH:
                 + "\nBuild the same model, optimizer and model= as when it was saved."
             )
         return state_dict
-
-    def _check_bare_inner(self, state_dict) -> None:
-        """A bare inner optimizer's checkpoint is keyed by generated names: accept
-        it only where every accumulator names a parameter of this optimizer."""
-        names = sorted((p.name for p in self._params), key=len, reverse=True)
-        unmatched = [k for k in state_dict if k not in _INNER_EXTRAS
-                     and not any(k.startswith(n + "_") for n in names)]
-        if unmatched:
-            raise ValueError(
-                f"This checkpoint of a bare {type(self._inner).__name__} names parameters this process "
-                f"does not have ({', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}): Paddle "
-                "names them in creation order. Resume in a fresh process that builds the model the same "
-                "way, or start the optimizer state afresh; DTNH's own checkpoints do not depend on it."
-            )
 
     def set_state_dict(self, state_dict: dict) -> None:
         """Load a state saved by :meth:`state_dict` (or, where its generated names
@@ -658,51 +627,44 @@ class DTNH:
             self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
             return
         ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
-        changed = [f"{k}: saved {ours[k]!r}, now {v!r}" for k, v in self._config().items()
-                   if k in ours and ours[k] != v]
+        saved_config = {"rule" if k == "on_conflict" else k: v for k, v in ours.items()}
+        changed = [f"{k}: saved {saved_config[k]!r}, now {v!r}" for k, v in self._config().items()
+                   if k in saved_config and saved_config[k] != v]
         if changed:
             warnings.warn(
                 "Resuming with a different DTNH configuration than saved (the "
                 "current one is used): " + "; ".join(changed),
                 stacklevel=2,
             )
-        params = dict(zip(self._names, self._params))
-        self._load_accumulators(inner.get("accumulators", {}), params)
-        other = inner.get("other", {})
-        schedule = self._inner._learning_rate
-        if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:
-            schedule.set_state_dict(other["LR_Scheduler"])
+        self._state.load(inner)
         self.num_steps = int(ours["num_steps"])
         self.skipped_steps = int(ours["skipped_steps"])
         self._epoch = int(ours["epoch"])
-        self._ema = {id(params[n]): paddle.to_tensor(m, dtype=params[n].dtype, place=params[n].place)
-                     for n, m in ours.get("ema", {}).items()}
-
-    def _accumulator_vars(self) -> dict:
-        """(stable name, accumulator) -> the inner optimizer's tensor, created
-        now if it was not yet (as the first step would, with the same values)."""
-        trainable = [p for p in self._params if not p.stop_gradient]
-        if trainable:
-            block = paddle.static.default_main_program().global_block()
-            self._inner._create_accumulators(block, trainable)
-        return {(self._stable_of[param_name], acc): var for acc, per_param in self._inner._accumulators.items()
-                for param_name, var in per_param.items()}
-
-    def _load_accumulators(self, saved: dict, params: dict) -> None:
-        """Write the saved values into the inner optimizer's accumulators,
-        matched by parameter, never by generated name (validated before)."""
-        if not saved:
-            return
-        variables = self._accumulator_vars()
-        for name, per_acc in saved.items():
-            for acc, value in per_acc.items():
-                var = variables[(name, acc)]
-                var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
+        self._reference.set_state_dict(ours, self._names, self._params)
 
     def __repr__(self) -> str:
         reg = type(self.regularizer).__name__ if self.regularizer is not None else None
-        return (
-            f"DTNH({type(self._inner).__name__}, regularizer={reg}, lam={self.lam0}, "
-            f"lam_decay={self.lam_decay}, granularity={self.granularity!r}, rule={self.rule!r}, "
-            f"reference={self.reference!r}, max_reg_ratio={self.max_reg_ratio}, project={self.project})"
-        )
+        return f"DTNH({type(self._inner).__name__}, regularizer={reg}, lam={self.lam0}, {self.rule})"
+
+
+def _scale_of(scaler):
+    """The loss scale of an enabled GradScaler (a 0-d tensor), else None."""
+    if scaler is None or not scaler.is_enable():
+        return None
+    return scaler._scale
+
+
+def _unscale(grads, scale) -> None:
+    """Divide the gradients by the loss scale, in place (float32 math)."""
+    for g in grads:
+        if g is not None:
+            g.divide_(scale.astype(g.dtype).reshape([]))
+
+
+def _tell_scaler(scaler, finite: bool) -> None:
+    """Explicit mode: let an enabled GradScaler count the step and update its scale."""
+    if not scaler.is_enable():
+        return
+    scaler._cache_found_inf = not finite
+    if scaler._use_dynamic_loss_scaling:
+        scaler._update()

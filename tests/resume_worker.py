@@ -13,8 +13,8 @@ import paddle
 import paddle.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-import paddle_dtnh.checkpoint as checkpoint  # noqa: E402
-import paddle_dtnh.files as files  # noqa: E402
+import paddle_dtnh.io.checkpoint as checkpoint  # noqa: E402
+import paddle_dtnh.io.files as files  # noqa: E402
 from paddle_dtnh import DTNH  # noqa: E402
 from paddle_dtnh.regularizers import L2SP  # noqa: E402
 

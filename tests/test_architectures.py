@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_dtnh.architectures import ARCHITECTURES, architecture_of, detect_architecture, target_from
+from paddle_dtnh.models.architectures import ARCHITECTURES, architecture_of, detect_architecture, target_from
 from paddle_dtnh.features import FeatureCapture, default_layers
 
 

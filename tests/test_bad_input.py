@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from paddle_dtnh import DTNH, files
-from paddle_dtnh.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from paddle_dtnh.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from paddle_dtnh.data import DATASETS
 from paddle_dtnh.regularizers import L2SP, KnowDist, SourceMismatchError, save_fisher
 

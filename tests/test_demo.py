@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from paddle_dtnh.data import load_dataset
-from paddle_dtnh.experiment import METHODS, RunConfig, pretrain_source, run_transfer
+from lab import METHODS, RunConfig, pretrain_source, run_transfer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_the_paddlehub_network_runs_through_the_harness(tmp_path):
 
 def test_a_checkpointed_run_resumes_to_the_same_result(tiny_source, tmp_path, monkeypatch):
     """Interrupted after step 3 (checkpoints at 2), resumed: the same curves and diagnostics."""
-    import paddle_dtnh.experiment as experiment
+    import lab as experiment
 
     _, path = tiny_source
     cfg = RunConfig(iterations=6, batch_size=8, per_class=2, image_size=16, eval_interval=3, stats_interval=1,

@@ -1,6 +1,7 @@
 """The GPU promise, tested where it can be on a CPU-only machine: one DTNH
-step makes exactly one host round trip (the finiteness check), and creates no
-tensor on Paddle's default place instead of the parameters'."""
+step makes exactly one host round trip (the finiteness check), creates no
+tensor on Paddle's default place instead of the parameters', and calls no
+``paddle.to_tensor`` (which keeps a Python object alive per call: a slow leak)."""
 
 import contextlib
 
@@ -8,7 +9,7 @@ import paddle
 import pytest
 
 from paddle_dtnh import DTNH
-from paddle_dtnh.stats import StepLogger
+from paddle_dtnh.diagnostics import StepLogger
 from tests.helpers import dtnh_step
 from tests.test_contract import KINDS, build, pair
 
@@ -19,7 +20,7 @@ CREATORS = ("zeros", "ones", "full", "eye", "arange", "empty")
 @contextlib.contextmanager
 def watch():
     """Count outermost host reads of tensors, and creations without a place."""
-    seen = {"round_trips": [], "placeless": []}
+    seen = {"round_trips": [], "placeless": [], "to_tensor": 0}
     depth = [0]
     originals = {name: getattr(paddle.Tensor, name) for name in ROUND_TRIPS}
     creators = {name: getattr(paddle, name) for name in CREATORS}
@@ -38,11 +39,13 @@ def watch():
 
     def creator(name, original):
         def create(*args, **kwargs):
-            seen["placeless"].append(f"paddle.{name}")
+            if "device" not in kwargs and "place" not in kwargs:
+                seen["placeless"].append(f"paddle.{name}")
             return original(*args, **kwargs)
         return create
 
     def placed_to_tensor(data, *args, **kwargs):
+        seen["to_tensor"] += 1
         if "place" not in kwargs and not isinstance(data, paddle.Tensor):
             seen["placeless"].append("paddle.to_tensor without place=")
         return to_tensor(data, *args, **kwargs)
@@ -88,4 +91,5 @@ def test_one_step_makes_one_host_round_trip(kind, mode, options, logger):
         dtnh_step(opt, x, y, mode)
     assert seen["round_trips"] == ["__bool__"], seen["round_trips"]
     assert not seen["placeless"], seen["placeless"]
+    assert seen["to_tensor"] == 0
     assert opt.num_steps == 1

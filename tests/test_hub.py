@@ -9,10 +9,10 @@ import pytest
 from visualdl import LogReader
 
 from paddle_dtnh import DTNH
-from paddle_dtnh.hapi import DTNHCallback
-from paddle_dtnh.hub import MODULE_DIR, WEIGHTS_FILE, ResNet18VD, TransferTask, legacy_names, load_resnet18_vd_weights, load_source
+from paddle_dtnh.integrations.hapi import DTNHCallback
+from paddle_dtnh.integrations.hub import MODULE_DIR, WEIGHTS_FILE, ResNet18VD, TransferTask, legacy_names, load_resnet18_vd_weights, load_source
 from paddle_dtnh.regularizers import L2SP, KnowDist
-from paddle_dtnh.visualdl import TAGS, DTNHLogger
+from paddle_dtnh.integrations.visualdl import TAGS, DTNHLogger
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_plain_module_under_the_trainer_names_transfer_task(module_dir, tmp_path
         knowdist = DTNH(paddle.optimizer.SGD(0.01, parameters=module.parameters()),
                         KnowDist(module, source, head=["out"]), lam=0.1)
         trainer = hub.Trainer(module, knowdist, checkpoint_dir=str(tmp_path / "a"))
-        with pytest.raises(ValueError, match="wrap the model in paddle_dtnh.hub.TransferTask"):
+        with pytest.raises(RuntimeError, match="do this through paddle_dtnh.integrations.hub.TransferTask"):
             trainer.train(TinyImages(4), epochs=1, batch_size=4, save_interval=1)
         logger = DTNHLogger(str(tmp_path / "vdl"), interval=1)
         l2sp = DTNH(paddle.optimizer.SGD(0.01, parameters=module.parameters()),

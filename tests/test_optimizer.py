@@ -6,7 +6,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from paddle_dtnh import DTNH
+from paddle_dtnh import DTNH, PRESETS, Rule, resolve_rule
 from paddle_dtnh.regularizers import L2, L2SP, TransferRegularizer
 
 OPTIMIZERS = {
@@ -344,7 +344,7 @@ def test_autograd_regularizer_needs_its_value():
     with pytest.raises(ValueError, match=r"opt.update\(loss, omega\)"):
         opt.update(F.cross_entropy(net(x), y))
     F.cross_entropy(net(x), y).backward()
-    with pytest.raises(ValueError, match=r"opt.regularize\(omega\) before loss.backward"):
+    with pytest.raises(RuntimeError, match=r"without opt.regularize\(omega\), which OutputDistill needs"):
         opt.step()
 
 
@@ -371,20 +371,18 @@ def test_paddle_model_fit_uses_the_hook():
 # -- presets and the moving-average reference --------------------------------------
 
 def test_presets():
-    from paddle_dtnh import PRESETS
-
     _, net = perturbed_pair()
     inner = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
     with pytest.raises(ValueError, match="Unknown preset 'fast'; expected one of 'paper', 'never_hurt'"):
         DTNH(inner(), lam=1.0, preset="fast")
     default = DTNH(inner(), lam=1.0)
-    assert (default.granularity, default.rule, default.reference) == ("global", "project", "batch")
-    assert dict(PRESETS["paper"]) == {"granularity": "global", "rule": "project", "reference": "batch"}
-    for name, options in PRESETS.items():
-        opt = DTNH(inner(), lam=1.0, preset=name)
-        assert {k: getattr(opt, k) for k in options} == dict(options)
+    assert default.rule == Rule() == PRESETS["paper"]
+    assert (default.granularity, default.rule.on_conflict, default.reference) == ("global", "project", "batch")
+    for name, rule in PRESETS.items():
+        assert DTNH(inner(), lam=1.0, preset=name).rule == rule
+        assert DTNH(inner(), lam=1.0, preset=rule).rule == rule  # a Rule is a preset too
     override = DTNH(inner(), lam=1.0, preset="never_hurt", granularity="coordinate")
-    assert override.granularity == "coordinate" and override.rule == PRESETS["never_hurt"]["rule"]
+    assert override.rule == PRESETS["never_hurt"].replace(granularity="coordinate")
     with pytest.raises(ValueError, match="Invalid reference: 'momentum'"):
         DTNH(inner(), lam=1.0, reference="momentum")
     with pytest.raises(ValueError, match="Invalid ema_decay"):
@@ -392,6 +390,24 @@ def test_presets():
     with pytest.raises(ValueError, match="Invalid max_reg_ratio"):
         DTNH(inner(), lam=1.0, max_reg_ratio=-1.0)
     assert DTNH(inner(), lam=1.0, preset="never_hurt", max_reg_ratio=2).max_reg_ratio == 2.0
+
+
+def test_a_preset_cap_can_be_switched_off():
+    # 0.1 dropped None overrides, so never_hurt's cap could not be lifted
+    _, net = perturbed_pair()
+    opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=1.0, preset="never_hurt",
+               max_reg_ratio=None)
+    assert opt.max_reg_ratio is None and opt.rule.granularity == "layer"
+    assert resolve_rule("never_hurt", max_reg_ratio=None) == PRESETS["never_hurt"].replace(max_reg_ratio=None)
+
+
+def test_deprecated_rule_and_project_arguments_still_work():
+    _, net = perturbed_pair()
+    inner = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
+    with pytest.warns(DeprecationWarning, match="on_conflict"):
+        assert DTNH(inner(), lam=1.0, rule="drop").rule.on_conflict == "drop"
+    with pytest.warns(DeprecationWarning, match="preset='vanilla'"):
+        assert DTNH(inner(), lam=1.0, project=False).rule == PRESETS["vanilla"]
 
 
 def test_paper_preset_equals_the_default_step_for_step():

@@ -7,7 +7,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from paddle_dtnh import Rule
 from paddle_dtnh.projection import dtnh_direction
+
+
+def direction(task, reg, lam, *, granularity="global", rule="project", project=True, max_reg_ratio=None,
+              reference_grads=None, **kw):
+    """dtnh_direction with the rule's fields as keywords (the tests' grid)."""
+    spec = Rule(granularity=granularity, on_conflict=rule if project else "ignore", max_reg_ratio=max_reg_ratio)
+    return dtnh_direction(task, reg, lam, spec, reference=reference_grads, **kw)
 
 
 def T(values):
@@ -15,7 +23,7 @@ def T(values):
 
 
 def directions_np(task, reg, **kw):
-    d, _ = dtnh_direction([T(t) for t in task], [T(r) for r in reg], **kw)
+    d, _ = direction([T(t) for t in task], [T(r) for r in reg], **kw)
     return [x.numpy() for x in d]
 
 
@@ -55,23 +63,23 @@ def test_global_vs_layer_differ_when_one_tensor_conflicts():
 
 def test_none_gradients_count_as_zero():
     # the head has gJ but no gO; the trunk conflicts globally
-    d, _ = dtnh_direction([T([1.0, 0.0]), T([2.0])], [T([-1.0, 1.0]), None], lam=1.0)
+    d, _ = direction([T([1.0, 0.0]), T([2.0])], [T([-1.0, 1.0]), None], lam=1.0)
     # <gJ,gO> = -1, ||gJ||^2 = 5, coef = -0.2: gO_y = gO + 0.2 gJ
     # trunk: (1, 0) + (-0.8, 1); head: 2 + 0.2 * 2
     np.testing.assert_allclose(d[0].numpy(), [0.2, 1.0])
     np.testing.assert_allclose(d[1].numpy(), [2.4])
-    d, _ = dtnh_direction([None, T([1.0])], [T([3.0]), None], lam=0.5)
+    d, _ = direction([None, T([1.0])], [T([3.0]), None], lam=0.5)
     np.testing.assert_allclose(d[0].numpy(), [1.5])
     np.testing.assert_allclose(d[1].numpy(), [1.0])
 
 
 def test_both_none_stays_none():
-    d, _ = dtnh_direction([None, T([1.0])], [None, T([1.0])], lam=1.0)
+    d, _ = direction([None, T([1.0])], [None, T([1.0])], lam=1.0)
     assert d[0] is None
 
 
 def test_zero_task_gradient_gives_no_nan():
-    d, stats = dtnh_direction([T([0.0, 0.0])], [T([1.0, -1.0])], lam=0.3, with_stats=True)
+    d, stats = direction([T([0.0, 0.0])], [T([1.0, -1.0])], lam=0.3, with_stats=True)
     np.testing.assert_allclose(d[0].numpy(), [0.3, -0.3])
     for name, value in stats.items():
         assert math.isfinite(float(value)), name
@@ -80,22 +88,22 @@ def test_zero_task_gradient_gives_no_nan():
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1"])
 def test_invalid_lam(bad):
     with pytest.raises(ValueError, match="Invalid lam"):
-        dtnh_direction([T([1.0])], [T([1.0])], lam=bad)
+        direction([T([1.0])], [T([1.0])], lam=bad)
 
 
 def test_invalid_granularity_names_choices():
     with pytest.raises(ValueError, match="'global', 'layer'"):
-        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, granularity="tensor")
+        direction([T([1.0])], [T([1.0])], lam=1.0, granularity="tensor")
 
 
 def test_misaligned_lists():
     with pytest.raises(ValueError, match="aligned"):
-        dtnh_direction([T([1.0])], [T([1.0]), T([1.0])], lam=1.0)
+        direction([T([1.0])], [T([1.0]), T([1.0])], lam=1.0)
 
 
 def test_all_none_raises():
     with pytest.raises(ValueError, match="Every gradient is None"):
-        dtnh_direction([None], [None], lam=1.0)
+        direction([None], [None], lam=1.0)
 
 
 def _angle(a, b):
@@ -125,7 +133,7 @@ def _split(a, b):
 def test_never_slows_the_empirical_loss(vs, lam, granularity):
     """<d, gJ> >= ||gJ||^2 (up to rounding), globally and per tensor for 'layer'."""
     j1, j2, o1, o2 = vs
-    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity)
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity)
     d = [x.numpy() for x in d]
     tol = 1e-9 * (1 + lam) * (1 + np.sum(np.square([*j1, *j2, *o1, *o2])))
     gj = np.concatenate([j1, j2])
@@ -143,7 +151,7 @@ def test_no_change_without_conflict(vs, lam):
     if np.dot(gj, go) < 0:
         go = -go
         o1, o2 = -o1, -o2
-    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam)
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam)
     np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]), gj + lam * go, atol=1e-12)
 
 
@@ -156,10 +164,10 @@ def test_projecting_twice_changes_nothing(vs, lam, granularity):
     blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
     assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
     task = _split(j1, j2)
-    d, _ = dtnh_direction(task, _split(o1, o2), lam=lam, granularity=granularity)
+    d, _ = direction(task, _split(o1, o2), lam=lam, granularity=granularity)
     # recover gO_y from d = gJ + lam * gO_y, then project it once more
     reg_y = [(di - ti) / lam for di, ti in zip(d, task)]
-    d2, _ = dtnh_direction(task, reg_y, lam=lam, granularity=granularity)
+    d2, _ = direction(task, reg_y, lam=lam, granularity=granularity)
     scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
     for a, b in zip(d, d2):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
@@ -169,8 +177,8 @@ def test_projecting_twice_changes_nothing(vs, lam, granularity):
 @given(vectors, lams)
 def test_global_equals_layer_for_a_single_tensor(vs, lam):
     j1, _, o1, _ = vs
-    g, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="global")
-    l, _ = dtnh_direction([T(j1)], [T(o1)], lam=lam, granularity="layer")
+    g, _ = direction([T(j1)], [T(o1)], lam=lam, granularity="global")
+    l, _ = direction([T(j1)], [T(o1)], lam=lam, granularity="layer")
     np.testing.assert_allclose(g[0].numpy(), l[0].numpy(), atol=1e-12)
 
 
@@ -179,9 +187,9 @@ def test_global_equals_layer_for_a_single_tensor(vs, lam):
 def test_inplace_equals_out_of_place(vs, lam, granularity, project):
     j1, j2, o1, o2 = vs
     task, reg = _split(j1, j2), [None, T(o2)]
-    expected, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], lam=lam,
+    expected, _ = direction(_split(j1, j2), [None, T(o2)], lam=lam,
                                  granularity=granularity, project=project)
-    got, _ = dtnh_direction(task, reg, lam=lam, granularity=granularity, project=project, inplace=True)
+    got, _ = direction(task, reg, lam=lam, granularity=granularity, project=project, inplace=True)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
     assert got[0] is task[0]  # written into the task gradient
@@ -192,13 +200,13 @@ def test_inplace_equals_out_of_place(vs, lam, granularity, project):
 def test_dtnh_never_turns_further_from_the_task_gradient(vs, lam):
     """Angle 1 <= Angle 3, also for tiny angles (where acos loses precision)."""
     j1, j2, o1, o2 = vs
-    _, stats = dtnh_direction(_split(j1, j2), _split(1e-3 * o1, 1e-3 * o2), lam=lam, with_stats=True)
+    _, stats = direction(_split(j1, j2), _split(1e-3 * o1, 1e-3 * o2), lam=lam, with_stats=True)
     assert float(stats["angle1"]) <= float(stats["angle3"]) + 1e-9
 
 
 def test_small_angles_are_precise():
     # gO = 1e-5 * e2, conflict-free: angle = atan(1e-5) in degrees
-    _, stats = dtnh_direction([T([1.0, 0.0])], [T([0.0, 1e-5])], lam=1.0, with_stats=True)
+    _, stats = direction([T([1.0, 0.0])], [T([0.0, 1e-5])], lam=1.0, with_stats=True)
     np.testing.assert_allclose(float(stats["angle1"]), np.degrees(np.arctan(1e-5)), rtol=1e-6)
 
 
@@ -233,26 +241,28 @@ def test_coordinate_by_hand(rule):
 def test_reference_other_than_the_batch_gradient_by_hand():
     gJ, gO, r = [T([1.0, 0.0])], [T([1.0, -1.0])], [T([0.0, 1.0])]
     # <r, gO> = -1: project removes -1 * r from gO -> (1, 0); d = gJ + gO'
-    d, stats = dtnh_direction(gJ, gO, lam=1.0, reference_grads=r, with_stats=True)
+    d, stats = direction(gJ, gO, lam=1.0, reference_grads=r, with_stats=True)
     np.testing.assert_allclose(d[0].numpy(), [2.0, 0.0])
     assert float(stats["conflict"]) == 1.0  # judged against r, though <gJ, gO> > 0
-    d, _ = dtnh_direction(gJ, gO, lam=1.0, reference_grads=r, rule="drop", granularity="layer")
+    d, _ = direction(gJ, gO, lam=1.0, reference_grads=r, rule="drop", granularity="layer")
     np.testing.assert_allclose(d[0].numpy(), [1.0, 0.0])
 
 
 def test_bad_inputs_name_the_index():
     with pytest.raises(ValueError, match=r"Gradient 1: task_grads has shape \[2\].*reg_grads has shape \[1\]"):
-        dtnh_direction([T([1.0]), T([1.0, 2.0])], [T([1.0]), T([1.0])], lam=1.0)
+        direction([T([1.0]), T([1.0, 2.0])], [T([1.0]), T([1.0])], lam=1.0)
     with pytest.raises(ValueError, match=r"Gradient 0: .*float64.*float32"):
-        dtnh_direction([T([1.0])], [paddle.to_tensor([1.0], dtype="float32")], lam=1.0)
+        direction([T([1.0])], [paddle.to_tensor([1.0], dtype="float32")], lam=1.0)
     with pytest.raises(ValueError, match="different lengths"):
-        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, reference_grads=[])
-    with pytest.raises(ValueError, match="Invalid rule"):
-        dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, rule="mask")
+        direction([T([1.0])], [T([1.0])], lam=1.0, reference_grads=[])
+    with pytest.raises(ValueError, match="Invalid on_conflict: 'mask'"):
+        direction([T([1.0])], [T([1.0])], lam=1.0, rule="mask")
+    with pytest.raises(ValueError, match="Invalid rule: 'mask'; expected a paddle_dtnh.Rule or a preset"):
+        dtnh_direction([T([1.0])], [T([1.0])], 1.0, "mask")
     for eps in (0.0, -1.0):
         with pytest.raises(ValueError, match="Invalid eps"):
-            dtnh_direction([T([1.0])], [T([1.0])], lam=1.0, eps=eps)
-    d, _ = dtnh_direction([T([1.0])], [T([1.0])], lam=np.float32(0.5))  # NumPy scalars are numbers
+            direction([T([1.0])], [T([1.0])], lam=1.0, eps=eps)
+    d, _ = direction([T([1.0])], [T([1.0])], lam=np.float32(0.5))  # NumPy scalars are numbers
     np.testing.assert_allclose(d[0].numpy(), [1.5])
 
 
@@ -277,7 +287,7 @@ def test_every_rule_keeps_each_block_from_fighting_its_reference(vs, lam, grid, 
     j1, j2, o1, o2 = vs
     rng = np.random.default_rng(seed)
     ref = None if batch_ref else [rng.normal(size=j1.shape) * 3, rng.normal(size=j2.shape) * 3]
-    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule,
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule,
                           reference_grads=None if ref is None else [T(x) for x in ref])
     r = [j1, j2] if ref is None else ref
     reg_kept = [(di.numpy() - ji) / lam for di, ji in zip(d, (j1, j2))]
@@ -295,7 +305,7 @@ def test_no_rule_changes_a_regularizer_gradient_without_conflict(vs, lam, grid):
     j1, j2, o1, o2 = vs
     # gO_i with the sign of gJ_i: no coordinate, tensor or total conflicts
     o1, o2 = np.abs(o1) * np.sign(j1), np.abs(o2) * np.sign(j2)
-    d, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
     np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]),
                                np.concatenate([j1, j2]) + lam * np.concatenate([o1, o2]), atol=1e-12)
 
@@ -308,9 +318,9 @@ def test_every_rule_is_idempotent(vs, lam, grid):
     blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
     assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
     task = _split(j1, j2)
-    d, _ = dtnh_direction(task, _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    d, _ = direction(task, _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
     kept = [(di - ti) / lam for di, ti in zip(d, task)]
-    d2, _ = dtnh_direction(task, kept, lam=lam, granularity=granularity, rule=rule)
+    d2, _ = direction(task, kept, lam=lam, granularity=granularity, rule=rule)
     scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
     for a, b in zip(d, d2):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
@@ -323,8 +333,8 @@ def test_every_rule_inplace_equals_out_of_place(vs, lam, grid, batch_ref):
     j1, j2, o1, o2 = vs
     ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
     kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
-    expected, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], **kw)
-    got, _ = dtnh_direction(_split(j1, j2), [None, T(o2)], inplace=True, **kw)
+    expected, _ = direction(_split(j1, j2), [None, T(o2)], **kw)
+    got, _ = direction(_split(j1, j2), [None, T(o2)], inplace=True, **kw)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
 
@@ -338,7 +348,7 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref, cap):
     reg = [rng.normal(size=(3, 2)) - task[0], rng.normal(size=4), None]
     ref = None if batch_ref else [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
     lam = 0.7
-    d, stats = dtnh_direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
+    d, stats = direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
                               granularity=granularity, rule=rule, with_stats=True, max_reg_ratio=cap,
                               reference_grads=None if ref is None else [T(x) for x in ref])
     flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
@@ -353,7 +363,7 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref, cap):
     else:
         judged = [np.dot(r, go) < 0]
     if cap is not None:  # the pull is capped where the rule kept one
-        free, _ = dtnh_direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
+        free, _ = direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
                                  granularity=granularity, rule=rule,
                                  reference_grads=None if ref is None else [T(x) for x in ref])
         free_pull = np.linalg.norm(flat([x.numpy() for x in free]) - gj)
@@ -401,8 +411,8 @@ def test_cap_scales_the_kept_pull_down_to_the_ratio(vs, lam, grid, batch_ref, ra
     j1, j2, o1, o2 = vs
     ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
     kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
-    free, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), **kw)
-    capped, _ = dtnh_direction(_split(j1, j2), _split(o1, o2), max_reg_ratio=ratio, inplace=True, **kw)
+    free, _ = direction(_split(j1, j2), _split(o1, o2), **kw)
+    capped, _ = direction(_split(j1, j2), _split(o1, o2), max_reg_ratio=ratio, inplace=True, **kw)
     gj = np.concatenate([j1, j2])
     pull = np.concatenate([x.numpy() for x in free]) - gj
     s = min(1.0, ratio * np.linalg.norm(gj) / max(np.linalg.norm(pull), 1e-30))
@@ -410,3 +420,25 @@ def test_cap_scales_the_kept_pull_down_to_the_ratio(vs, lam, grid, batch_ref, ra
     scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
     np.testing.assert_allclose(got, s * pull, atol=1e-9 * scale * (1 + lam))
     assert np.linalg.norm(got) <= ratio * np.linalg.norm(gj) * (1 + 1e-9) + 1e-12
+
+
+def test_deprecated_keywords_give_the_same_direction():
+    gJ, gO, r = [T([1.0, -2.0]), T([0.5])], [T([-1.0, 1.0]), T([-2.0])], [T([1.0, 0.0]), T([1.0])]
+    new, _ = dtnh_direction(gJ, gO, 1.5, Rule(granularity="layer", on_conflict="drop", max_reg_ratio=0.5),
+                            reference=r)
+    with pytest.warns(DeprecationWarning, match="pass rule=paddle_dtnh.Rule"):
+        old, _ = dtnh_direction(gJ, gO, 1.5, granularity="layer", rule="drop", max_reg_ratio=0.5, reference_grads=r)
+    for a, b in zip(new, old):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.warns(DeprecationWarning):
+        vanilla, _ = dtnh_direction(gJ, gO, 1.5, project=False)
+    np.testing.assert_allclose(vanilla[0].numpy(), [1.0 - 1.5, -2.0 + 1.5])
+    assert dtnh_direction(gJ, gO, 1.5, "vanilla")[0][1].numpy().tolist() == [0.5 - 3.0]
+
+
+def test_a_preset_name_is_a_rule():
+    gJ, gO = [T([1.0, 0.0])], [T([-1.0, 1.0])]
+    by_name, _ = dtnh_direction(gJ, gO, 1.0, "never_hurt")
+    by_rule, _ = dtnh_direction(gJ, gO, 1.0, Rule(granularity="layer", on_conflict="drop", reference="ema",
+                                                     max_reg_ratio=1.0))
+    np.testing.assert_array_equal(by_name[0].numpy(), by_rule[0].numpy())

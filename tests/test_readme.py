@@ -47,7 +47,7 @@ def test_hub_trainer_recipe_runs_as_written(tmp_path, monkeypatch):
     import paddlehub.env
     from PIL import Image
 
-    from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD
+    from paddle_dtnh.models.resnet_vd import WEIGHTS_FILE, ResNet18VD
 
     home = tmp_path / "hub_home"
     (home / "resnet18_vd_imagenet").mkdir(parents=True)

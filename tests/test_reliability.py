@@ -11,7 +11,7 @@ import paddle
 import pytest
 
 from paddle_dtnh import DTNH
-from paddle_dtnh.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from paddle_dtnh.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 WORKER = pathlib.Path(__file__).with_name("resume_worker.py")
 
@@ -62,8 +62,10 @@ def test_corrupt_and_mismatched_checkpoints_change_nothing(tmp_path):
     with pytest.raises(CheckpointError, match=r"0.weight: shape \[3, 5\] in the file, \[3, 4\] in the model"):
         load_checkpoint(str(tmp_path / "other.ckpt"), net)
     paddle.save(net.state_dict(), str(tmp_path / "plain.pdparams"))
-    with pytest.raises(CheckpointError, match="not a checkpoint written by paddle_dtnh"):
+    with pytest.raises(CheckpointError, match="carries no digest record"):
         load_checkpoint(str(tmp_path / "plain.pdparams"), net)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by paddle_dtnh"):
+        load_checkpoint(str(tmp_path / "plain.pdparams"), net, verify=False)
     save_checkpoint(str(tmp_path / "no_opt.ckpt"), net)
     with pytest.raises(CheckpointError, match="no optimizer state"):
         load_checkpoint(str(tmp_path / "no_opt.ckpt"), net, opt)
@@ -75,7 +77,7 @@ def test_corrupt_and_mismatched_checkpoints_change_nothing(tmp_path):
 
 
 def test_bad_batches_are_named_before_any_update():
-    from paddle_dtnh.hub import TransferTask
+    from paddle_dtnh.integrations.hub import TransferTask
     from paddle_dtnh.regularizers import L2
 
     net = paddle.vision.models.resnet18(num_classes=3)
@@ -127,7 +129,7 @@ def test_skipped_steps_are_logged(tmp_path):
     import paddle.nn.functional as F
     from visualdl import LogReader
 
-    from paddle_dtnh.visualdl import DTNHLogger
+    from paddle_dtnh.integrations.visualdl import DTNHLogger
 
     net = paddle.nn.Linear(4, 3)
     logger = DTNHLogger(str(tmp_path), interval=1)

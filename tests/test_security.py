@@ -2,6 +2,8 @@
 restricted unpickler. The payload here is harmless: it would create a marker
 file if it ran."""
 
+import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -10,13 +12,13 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_dtnh import files
+from paddle_dtnh.io import files
 from paddle_dtnh.attention import AttentionWeights
-from paddle_dtnh.checkpoint import CheckpointError, load_checkpoint
-from paddle_dtnh.hub import MODULE_DIR, WEIGHTS_FILE, load_resnet18_vd_weights, load_source
-from paddle_dtnh.hub.sources import verify_recorded_digest
+from paddle_dtnh.io.checkpoint import CheckpointError, load_checkpoint
+from paddle_dtnh.integrations.hub import MODULE_DIR, WEIGHTS_FILE, load_resnet18_vd_weights, load_source
+from paddle_dtnh.integrations.hub.sources import verify_recorded_digest
 from paddle_dtnh.regularizers import L2SP, KnowDist, L2SPFisher, load_fisher
-from paddle_dtnh.resnet_vd import ResNet18VD
+from paddle_dtnh.models.resnet_vd import ResNet18VD
 
 
 class Payload:
@@ -29,12 +31,18 @@ class Payload:
         return (os.mkdir, (self.marker,))
 
 
-def craft(path, marker, blob):
-    """``blob`` with the payload nested inside, pickled as paddle.save would."""
+def craft(path, marker, blob, forge_digest=True):
+    """``blob`` with the payload nested inside, pickled as paddle.save would;
+    with ``forge_digest``, followed by a valid digest record (a forger can
+    always write one: the digest is for accidents, the unpickler for attacks)."""
     blob = dict(blob)
     blob["evil"] = Payload(str(marker))
+    payload = pickle.dumps(blob, protocol=4)
+    if forge_digest:
+        record = json.dumps({"sha256": hashlib.sha256(payload).hexdigest(), "crc32": {}}).encode()
+        payload += record + b"\n#paddle_dtnh/digest:%010d\n" % len(record)
     with open(path, "wb") as f:
-        pickle.dump(blob, f, protocol=4)
+        f.write(payload)
     return str(path)
 
 
@@ -67,6 +75,15 @@ def test_a_crafted_file_is_refused_and_runs_nothing(tmp_path, loader):
         LOADERS[loader](path)
     assert "mkdir, which a weights or checkpoint file never holds" in str(err.value)
     assert str(path) in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("loader", ["load_checkpoint", "AttentionWeights.load", "load_fisher"])
+def test_the_library_formats_refuse_a_file_without_digest_before_unpickling(tmp_path, loader):
+    marker = tmp_path / "ran"
+    path = craft(tmp_path / "crafted.pdparams", marker, {"format": "paddle_dtnh.checkpoint/1"}, forge_digest=False)
+    with pytest.raises(CheckpointError, match="carries no digest record"):
+        LOADERS[loader](path)
     assert not marker.exists()
 
 

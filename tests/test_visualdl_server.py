@@ -17,7 +17,7 @@ import pytest
 
 from paddle_dtnh import DTNH
 from paddle_dtnh.regularizers import L2SP
-from paddle_dtnh.visualdl import EVAL_TAGS, TAGS, DTNHLogger
+from paddle_dtnh.integrations.visualdl import EVAL_TAGS, TAGS, DTNHLogger
 
 
 def free_port():

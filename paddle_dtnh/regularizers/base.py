@@ -12,7 +12,7 @@ import paddle
 import numpy as np
 
 from .._checks import as_array
-from ..files import read_state_dict
+from ..io.files import read_state_dict
 
 __all__ = [
     "TransferRegularizer",
@@ -42,6 +42,9 @@ class TransferRegularizer(paddle.nn.Layer):
     and implement ``forward`` and :meth:`regularized_parameters`.
     """
 
+    #: whether :meth:`grads` needs no ``omega`` (weight regularizers)
+    has_closed_form = False
+
     def _set_model(self, model: paddle.nn.Layer) -> None:
         object.__setattr__(self, "_model", model)
 
@@ -58,6 +61,35 @@ class TransferRegularizer(paddle.nn.Layer):
         """Forward the model on ``x``; return ``(output, omega)``."""
         return self._model(x), self()
 
+    def take_graph_anchors(self) -> list:
+        """Tensors of the last forward's graph that the model's output depends
+        on (the target's feature maps), handed over once: DTNH's hook mode
+        pairs a ``regularize`` with its forward's backward through them."""
+        anchors, self._graph_anchors = getattr(self, "_graph_anchors", []), []
+        return anchors
+
+    def check_omega(self, omega) -> None:
+        """ValueError unless ``omega`` is a scalar Tensor with a gradient path
+        (metadata only: no host sync)."""
+        if not isinstance(omega, paddle.Tensor) or omega.size != 1:
+            raise TypeError(f"omega must be the regularizer's value as a scalar Tensor (reg.run(x)[1]), "
+                            f"got {type(omega).__name__}.")
+        if omega.stop_gradient:
+            raise ValueError(
+                "omega has no gradient path to the parameters (it was detached, computed under "
+                "paddle.no_grad(), or is a constant): pass the regularizer's value from this forward, "
+                f"`output, omega = reg.run(x)`; it must depend on {self._parameter_names()}.")
+
+    def _parameter_names(self) -> str:
+        named = {id(p): n for n, p in self._model.named_parameters()}
+        names = [named.get(id(p), p.name) for p in self.regularized_parameters()]
+        return f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''} ({len(names)} parameters)"
+
+    def _no_path(self) -> ValueError:
+        return ValueError(
+            f"omega does not depend on any parameter {type(self).__name__} regularizes (computed from "
+            f"another model?): it must depend on {self._parameter_names()}. Use `output, omega = reg.run(x)`.")
+
     def grads(self, params: list, omega: paddle.Tensor | None) -> list:
         """:math:`g_\\Omega` for ``params`` (``None`` where :math:`\\Omega` does not
         depend on a parameter), from ``omega``'s graph, which is kept for the
@@ -68,12 +100,16 @@ class TransferRegularizer(paddle.nn.Layer):
                 f"{type(self).__name__} has no closed-form gradient: pass its value on this "
                 "batch, `output, omega = reg.run(x)`, as opt.update(loss, omega) (hook mode: "
                 "opt.regularize(omega) before loss.backward()). Under hub.Trainer or "
-                "paddle.Model, wrap the model in paddle_dtnh.hub.TransferTask, which does this."
+                "paddle.Model, wrap the model in paddle_dtnh.integrations.hub.TransferTask, which does this."
             )
         from ..distributed import all_reduce_mean
 
+        self.check_omega(omega)
+        grads = paddle.grad(omega, params, retain_graph=True, allow_unused=True)
+        if all(g is None for g in grads):
+            raise self._no_path()
         # under data parallelism paddle.grad gives this rank's gradient only
-        return all_reduce_mean(paddle.grad(omega, params, retain_graph=True, allow_unused=True))
+        return all_reduce_mean(grads)
 
 
 def _shape(value) -> tuple:
@@ -147,7 +183,7 @@ def match_source(
     all_names = [n for n, _ in model.named_parameters()]
     unknown_head = [h for h in head if not any(_in_head(n, [h]) for n in all_names)]
     if unknown_head:
-        from ..architectures import head_of
+        from ..models.architectures import head_of
 
         raise ValueError(
             f"head prefix(es) {unknown_head} match no parameter of the model (its classifier: "
@@ -193,7 +229,7 @@ def warn_if_far_from_source(pairs) -> float:
         warnings.warn(
             f"The target's shared weights start far from the source's (relative distance "
             f"{distance:.2f}): was the model loaded with the source's weights? Build it with "
-            "paddle_dtnh.architectures.target_from(source, num_classes) or paddle_dtnh.hub.load_source.",
+            "paddle_dtnh.models.architectures.target_from(source, num_classes) or paddle_dtnh.integrations.hub.load_source.",
             stacklevel=3,
         )
     return distance
@@ -213,7 +249,7 @@ def check_source(model: paddle.nn.Layer, state: dict, *, head: Sequence[str] = (
             non-finite names, and the fix.
     """
     head = [head] if isinstance(head, str) else list(head)
-    from ..architectures import architecture_mismatch, head_of
+    from ..models.architectures import architecture_mismatch, head_of
 
     other = architecture_mismatch(model, state)
     if other:

@@ -18,8 +18,7 @@ import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
-from ..files import read_state_dict
-from ..architectures import architecture_mismatch
+from ..io.files import read_state_dict
 from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
@@ -31,6 +30,8 @@ def _source_network(model: paddle.nn.Layer, source, head, strict) -> paddle.nn.L
     like every regularizer's source, :func:`check_source`; the head keeps the
     target's values, which no hooked feature layer reads)."""
     if isinstance(source, paddle.nn.Layer):
+        from ..models.architectures import architecture_mismatch  # the model zoo only when needed
+
         other = architecture_mismatch(model, source)
         if other:
             raise SourceMismatchError(other)
@@ -146,6 +147,9 @@ class FeatureMapRegularizer(TransferRegularizer):
                 "`with reg.capture() as features:`, or use reg.run(x)."
             )
         source = self.source_features(x)
+        # hook mode pairs a regularize() with this forward's backward through them
+        self._graph_anchors = [target_features[name] for name in self.layers
+                               if not target_features[name].stop_gradient]
         total = None
         for name in self.layers:
             per_channel = _channel_distances(target_features[name], source[name], name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 
-from .. import files
+from ..io import files
 from .._checks import check_choice, check_positive_int
 
 __all__ = ["estimate_fisher", "save_fisher", "load_fisher"]
@@ -128,6 +128,6 @@ def save_fisher(fisher: dict, path: str) -> None:
 
 def load_fisher(path: str, *, trusted: bool = False) -> dict:
     """Load a Fisher dict written by :func:`save_fisher` (no code runs: see
-    :func:`paddle_dtnh.files.load`)."""
-    blob = files.load(path, what="Fisher file", trusted=trusted)
+    :func:`paddle_dtnh.io.files.load`)."""
+    blob = files.load(path, what="Fisher file", trusted=trusted, require_digest=not trusted)
     return files.check_format(blob, _FORMAT, path, "Fisher file")["fisher"]

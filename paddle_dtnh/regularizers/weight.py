@@ -45,6 +45,8 @@ class WeightRegularizer(TransferRegularizer):
             tensor. Default: True.
     """
 
+    has_closed_form = True
+
     _needs_source = True
 
     def __init__(
@@ -92,7 +94,7 @@ class WeightRegularizer(TransferRegularizer):
         terms = [self.alpha * self._penalty(i, p, r) for i, (_, p, r) in enumerate(self._shared)]
         terms += [0.5 * self.beta * paddle.sum(p * p) for _, p in self._new]
         if not terms:  # nothing to regularize: a constant zero
-            return paddle.to_tensor(0.0)
+            return paddle.zeros([])
         return paddle.add_n(terms)
 
     @paddle.no_grad()
@@ -104,7 +106,16 @@ class WeightRegularizer(TransferRegularizer):
 
     def grads(self, params: list, omega=None) -> list:
         """The closed form, aligned with ``params``; ``omega`` is not needed.
-        The same on every data-parallel rank, so nothing is all-reduced."""
+        The same on every data-parallel rank, so nothing is all-reduced. An
+        ``omega`` given is checked (once per regularizer for its path to the
+        parameters, so the steady state has no extra pass)."""
+        if omega is not None:
+            self.check_omega(omega)
+            if not getattr(self, "_omega_path_checked", False):
+                reached = paddle.grad(omega, self.regularized_parameters(), retain_graph=True, allow_unused=True)
+                if all(g is None for g in reached):
+                    raise self._no_path()
+                self._omega_path_checked = True
         by_id = {id(p): g for p, g in zip(self.regularized_parameters(), self.closed_form_grads())}
         return [by_id.get(id(p)) for p in params]
 

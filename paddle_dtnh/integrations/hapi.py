@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import paddle
 
-from .optimizer import DTNH
+from ..optimizer import DTNH
 
 __all__ = ["DTNHCallback"]
 
@@ -28,7 +28,7 @@ class DTNHCallback(paddle.callbacks.Callback):
 
             >>> import paddle
             >>> from paddle_dtnh import DTNH
-            >>> from paddle_dtnh.hapi import DTNHCallback
+            >>> from paddle_dtnh.integrations.hapi import DTNHCallback
             >>> net = paddle.nn.Linear(4, 3)
             >>> opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=1.0, lam_decay=0.5)
             >>> model = paddle.Model(net)

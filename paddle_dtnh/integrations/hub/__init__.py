@@ -3,7 +3,7 @@ and the Layer that lets hub.Trainer and paddle.Model train with DTNH."""
 
 import os
 
-from ..resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, legacy_names, load_resnet18_vd_weights
+from ...models.resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, legacy_names, load_resnet18_vd_weights
 from .sources import PretrainedSource, load_source
 from .task import TransferTask
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform

@@ -5,7 +5,7 @@ Pass a :class:`DTNHLogger` to :class:`paddle_dtnh.DTNH` (``logger=``): every
 writes them; between logging steps nothing is computed and nothing leaves
 the device, except a running count of conflicting steps kept as a tensor.
 
-The tags are those of :data:`paddle_dtnh.stats.STATS`, plus:
+The tags are those of :data:`paddle_dtnh.diagnostics.STATS`, plus:
 
 =====================================  ============================================
 ``loss/lam_x_regularizer``             lam * Omega
@@ -24,8 +24,8 @@ continues from its checkpoint.
 
 from __future__ import annotations
 
-from ._checks import check_positive_int
-from .stats import STATS, StepLogger
+from .._checks import check_positive_int
+from ..diagnostics import STATS, StepLogger
 
 __all__ = ["DTNHLogger", "TAGS", "EVAL_TAGS"]
 
@@ -53,7 +53,7 @@ class DTNHLogger(StepLogger):
             >>> import paddle
             >>> import paddle.nn.functional as F
             >>> from paddle_dtnh import DTNH
-            >>> from paddle_dtnh.visualdl import DTNHLogger
+            >>> from paddle_dtnh.integrations.visualdl import DTNHLogger
             >>> net = paddle.nn.Linear(4, 3)
             >>> logger = DTNHLogger("/tmp/dtnh_vdl_example", interval=1)
             >>> opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=1.0, logger=logger)

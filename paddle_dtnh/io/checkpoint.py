@@ -1,24 +1,23 @@
 """Crash-safe training checkpoints: model, optimizer (DTNH included), extras.
 
-:func:`save_checkpoint` writes through :func:`paddle_dtnh.files.save`, so a
+:func:`save_checkpoint` writes through :func:`paddle_dtnh.io.files.save`, so a
 crash while saving leaves the previous checkpoint intact. :func:`load_checkpoint`
-reads without running code and checks the whole file (model tensors: names,
-shapes, dtypes; the optimizer part's presence) before changing anything.
+reads without running code, verifies the file's digest, and checks the whole
+file (model tensors: names, shapes, dtypes, finite values; the optimizer
+part) before changing anything.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 
 from . import files
+from .files import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 _FORMAT = "paddle_dtnh.checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 def save_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, **extra) -> None:
@@ -28,7 +27,7 @@ def save_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, **extra) 
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.checkpoint import save_checkpoint, load_checkpoint
+            >>> from paddle_dtnh.io.checkpoint import save_checkpoint, load_checkpoint
             >>> net = paddle.nn.Linear(2, 2)
             >>> save_checkpoint("/tmp/example.ckpt", net, step=3)
             >>> load_checkpoint("/tmp/example.ckpt", net)["step"]
@@ -58,11 +57,27 @@ def _model_problems(own: dict, saved) -> list:
     return problems
 
 
-def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, *, trusted: bool = False) -> dict:
+def _nonfinite(saved: dict) -> list:
+    return [k for k, v in saved.items() if isinstance(v, paddle.Tensor) and v.dtype in
+            (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64)
+            and not np.isfinite(v.astype("float32").numpy()).all()]
+
+
+def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, *, trusted: bool = False,
+                    verify: bool = True, allow_nonfinite: bool = False) -> dict:
     """Restore ``model`` (and ``optimizer``) from ``path``; return the extras.
 
     All or nothing: the whole file is checked before the model or the
     optimizer is written.
+
+    Args:
+        path (str): the checkpoint.
+        model (paddle.nn.Layer): the model to restore.
+        optimizer (optional): the optimizer to restore (DTNH or a Paddle optimizer).
+        trusted (bool, optional): read with ``paddle.load`` (full pickle). Default: False.
+        verify (bool, optional): require the digest record and check it
+            (``False`` reads a 0.1 checkpoint, which has none). Default: True.
+        allow_nonfinite (bool, optional): accept NaN/Inf weights. Default: False.
 
     Raises:
         FileNotFoundError: no file at ``path`` (or a directory).
@@ -71,8 +86,8 @@ def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, *, truste
             names the file, the item and the fix. Nothing is changed then.
     """
     try:
-        blob = files.check_format(files.load(path, what="checkpoint", trusted=trusted), _FORMAT, path,
-                                  "checkpoint")
+        blob = files.check_format(files.load(path, what="checkpoint", trusted=trusted,
+                                             require_digest=verify and not trusted), _FORMAT, path, "checkpoint")
     except FileNotFoundError:
         raise
     except ValueError as err:  # UnsafeFileError is one too
@@ -83,6 +98,12 @@ def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, *, truste
             f"Checkpoint {path} does not fit this model: {'; '.join(problems[:8])}"
             f"{' ...' if len(problems) > 8 else ''}. Build the same model as when it was saved."
         )
+    nonfinite = [] if allow_nonfinite else _nonfinite(blob["model"])
+    if nonfinite:
+        raise CheckpointError(
+            f"Checkpoint {path} holds non-finite weights (NaN or Inf) in {', '.join(nonfinite[:6])}"
+            f"{' ...' if len(nonfinite) > 6 else ''}: the run that saved it had diverged. Resume from an "
+            "earlier checkpoint, or pass allow_nonfinite=True if you mean it.")
     if optimizer is not None:
         if "optimizer" not in blob:
             raise CheckpointError(f"Checkpoint {path} holds no optimizer state; pass optimizer=None "

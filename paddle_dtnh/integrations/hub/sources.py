@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import paddle
 
-from ..files import read_state_dict
-from .._checks import check_positive_int
-from ..architectures import ARCHITECTURES, detect_architecture, target_from
-from ..resnet_vd import WEIGHTS_FILE, LoadReport
+from ...io.files import read_state_dict
+from ..._checks import check_positive_int
+from ...models.architectures import ARCHITECTURES, detect_architecture, target_from
+from ...models.resnet_vd import WEIGHTS_FILE, LoadReport
 
 __all__ = ["PretrainedSource", "load_source", "verify_recorded_digest", "RESNET18_VD_URL"]
 
@@ -157,7 +157,7 @@ def load_source(spec: str, num_classes: int, *, module_dir: str | None = None) -
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.hub import load_source
+            >>> from paddle_dtnh.integrations.hub import load_source
             >>> paddle.save(paddle.vision.models.resnet18().state_dict(), "/tmp/r18.pdparams")
             >>> src = load_source("/tmp/r18.pdparams", num_classes=10)
             >>> src.architecture, src.head

@@ -5,7 +5,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 
-from ..optimizer import DTNH
+from ...optimizer import DTNH
 
 __all__ = ["TransferTask"]
 
@@ -40,7 +40,7 @@ class TransferTask(paddle.nn.Layer):
 
             >>> import paddle
             >>> from paddle_dtnh import DTNH
-            >>> from paddle_dtnh.hub import TransferTask
+            >>> from paddle_dtnh.integrations.hub import TransferTask
             >>> net = paddle.nn.Linear(4, 3)
             >>> opt = DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), lam=0.0)
             >>> task = TransferTask(net, opt)

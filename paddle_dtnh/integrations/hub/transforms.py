@@ -15,7 +15,7 @@ def imagenet_transform(size: int = 224):
         .. code-block:: python
 
             >>> import numpy as np
-            >>> from paddle_dtnh.hub import imagenet_transform
+            >>> from paddle_dtnh.integrations.hub import imagenet_transform
             >>> x = imagenet_transform(32)(np.zeros((40, 30, 3), np.uint8))
             >>> list(x.shape), str(x.dtype)
             ([3, 32, 32], 'paddle.float32')

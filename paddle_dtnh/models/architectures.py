@@ -130,7 +130,7 @@ def architecture_of(model: paddle.nn.Layer) -> Architecture | None:
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.architectures import architecture_of
+            >>> from paddle_dtnh.models.architectures import architecture_of
             >>> architecture_of(paddle.vision.models.resnet18()).head
             'fc'
     """
@@ -157,7 +157,7 @@ def target_from(source: paddle.nn.Layer, num_classes: int) -> paddle.nn.Layer:
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.architectures import target_from
+            >>> from paddle_dtnh.models.architectures import target_from
             >>> model = target_from(paddle.vision.models.resnet18(), num_classes=5)
             >>> list(model.fc.weight.shape)
             [512, 5]
@@ -166,7 +166,7 @@ def target_from(source: paddle.nn.Layer, num_classes: int) -> paddle.nn.Layer:
     if arch is None:
         raise ValueError(
             f"No registered architecture for {type(source).__name__}; known: {sorted(ARCHITECTURES)}. "
-            "Register it with paddle_dtnh.architectures.register()."
+            "Register it with paddle_dtnh.models.architectures.register()."
         )
     model = arch.build(num_classes)
     prefix = arch.head + "."
@@ -199,4 +199,4 @@ def architecture_mismatch(model: paddle.nn.Layer, source) -> str | None:
         return None
     return (f"The source looks like {found.description} ({found.name}), the target like "
             f"{target.description} ({target.name}): use a source of the target's architecture "
-            f"(paddle_dtnh.hub.load_source builds both from one weights file).")
+            f"(paddle_dtnh.integrations.hub.load_source builds both from one weights file).")

@@ -20,7 +20,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .files import read_state_dict
+from ..io.files import read_state_dict
 
 
 __all__ = ["ResNet18VD", "LoadReport", "legacy_names", "load_resnet18_vd_weights", "WEIGHTS_FILE"]
@@ -75,7 +75,7 @@ class ResNet18VD(nn.Layer):
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh.resnet_vd import ResNet18VD
+            >>> from paddle_dtnh.models.resnet_vd import ResNet18VD
             >>> net = ResNet18VD(num_classes=5)
             >>> list(net(paddle.randn([1, 3, 32, 32])).shape)
             [1, 5]
@@ -184,7 +184,7 @@ def load_resnet18_vd_weights(model: ResNet18VD, weights, *, head: str = "out", t
             layout, structured or legacy parameter-name keys) or a state dict.
         head (str, optional): prefix of the head's tensors. Default: "out".
         trusted (bool, optional): read the file with full pickle (see
-            :func:`paddle_dtnh.files.load`). Default: False.
+            :func:`paddle_dtnh.io.files.load`). Default: False.
 
     Returns:
         LoadReport: the account of every tensor.

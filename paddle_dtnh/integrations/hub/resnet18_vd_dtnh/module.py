@@ -1,16 +1,16 @@
 """PaddleHub module ``resnet18_vd_dtnh``: ResNet-18-vd image classification
 for Paddle 3, ready for fine-tuning with hub.Trainer (and DTNH).
 
-Load it offline with ``hub.Module(directory=paddle_dtnh.hub.MODULE_DIR,
+Load it offline with ``hub.Module(directory=paddle_dtnh.integrations.hub.MODULE_DIR,
 label_list=[...])``. Pretrained weights (PaddleHub's ImageNet file, either
 layout), in this order: ``weights=<path>``; ``resnet18_vd_imagenet.pdparams``
-in this directory; the copy PaddleHub (or ``paddle_dtnh.hub.load_source``)
+in this directory; the copy PaddleHub (or ``paddle_dtnh.integrations.hub.load_source``)
 downloaded to ``~/.paddlehub/modules/resnet18_vd_imagenet/``, checked against
 its recorded digest. So the module and ``load_source("resnet18_vd_imagenet")``
 start from the same weights.
 
 Input: float32 images, NCHW, RGB, scaled to [0, 1] and normalised with the
-ImageNet mean and std: ``paddle_dtnh.hub.imagenet_transform(size)`` for a
+ImageNet mean and std: ``paddle_dtnh.integrations.hub.imagenet_transform(size)`` for a
 dataset, :meth:`ResNet18VDModule.preprocess` for HWC uint8 arrays or image
 files; the ImageNet weights were trained on 224x224.
 """
@@ -23,16 +23,16 @@ import paddle
 import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
-from paddle_dtnh.files import read_state_dict
-from paddle_dtnh.hub.transforms import imagenet_transform
-from paddle_dtnh.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
+from paddle_dtnh.io.files import read_state_dict
+from paddle_dtnh.integrations.hub.transforms import imagenet_transform
+from paddle_dtnh.models.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
 
 
 def _downloaded_weights():
     """PaddleHub's downloaded ImageNet file, checked against its recorded digest, or None."""
     from paddlehub.env import MODULE_HOME
 
-    from paddle_dtnh.hub.sources import verify_recorded_digest
+    from paddle_dtnh.integrations.hub.sources import verify_recorded_digest
 
     path = os.path.join(MODULE_HOME, "resnet18_vd_imagenet", WEIGHTS_FILE)
     return verify_recorded_digest(path) if os.path.isfile(path) else None
@@ -83,7 +83,7 @@ class ResNet18VDModule(ResNet18VD):
             warnings.warn(
                 f"No pretrained weights found (weights=, {local}, nor PaddleHub's downloaded "
                 f"resnet18_vd_imagenet): the network starts from random weights. Run "
-                f"paddle_dtnh.hub.load_source('resnet18_vd_imagenet', ...) once online, or pass weights=<path>.",
+                f"paddle_dtnh.integrations.hub.load_source('resnet18_vd_imagenet', ...) once online, or pass weights=<path>.",
                 stacklevel=2,
             )
 

@@ -1,0 +1,408 @@
+"""One fine-tuning run of the benchmarks and the demo, and where finished
+runs are kept: :func:`run_transfer`, :class:`RunStore`, :func:`goal_text`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from paddle_dtnh import DTNH
+from paddle_dtnh.attention import compute_attention
+from paddle_dtnh.data import ImageSet, few_shot_indices, to_tensor_batch
+from paddle_dtnh.diagnostics import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
+from paddle_dtnh.distributed import rank, world_size
+from paddle_dtnh.io import files
+from paddle_dtnh.io.checkpoint import load_checkpoint, save_checkpoint
+from paddle_dtnh.models.architectures import ARCHITECTURES, target_from
+
+from .methods import build_regularizer, method_spec
+from .sources import augment, evaluate, progress_bar
+
+__all__ = ["RunConfig", "run_transfer", "Recorder", "RunStore", "summarize_diagnostics", "goal_text",
+           "HOLDOUT_SOURCES", "split_holdout"]
+
+#: where a held-out reference's images come from: beyond the training set
+#: ("extra"), out of it ("budget": never trained on), or rotating folds of it
+#: ("cross": every image is trained on except while its fold is held out)
+HOLDOUT_SOURCES = ("extra", "budget", "cross")
+
+
+@dataclass
+class RunConfig:
+    """Hyper-parameters of one fine-tuning run (defaults: the offline demo)."""
+
+    arch: str = "resnet18"  # a key of paddle_dtnh.models.architectures.ARCHITECTURES
+    iterations: int = 100
+    batch_size: int = 20
+    per_class: int = 10
+    image_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_drop_at: float = 0.75  # fraction of the iterations (paper: 6000 / 8000)
+    lam: dict = field(default_factory=lambda: {"l2": 1.0, "l2sp": 1.0, "knowdist": 0.01, "delta": 1.0})
+    lam_decay: float = 1.0  # per epoch of the few-shot set
+    alpha: dict = field(default_factory=lambda: {"l2": 0.01, "l2sp": 0.1, "delta": 0.01})
+    beta: float = 0.01
+    eval_interval: int = 20
+    stats_interval: int = 5
+    max_test: int = 1000
+    checkpoint_every: int = 0  # steps between checkpoints of a run given checkpoint= (0: none)
+    augment: bool = False  # random crop (4 px padding)
+    flip: bool = False  # random horizontal mirror per image (not for digits)
+    holdout_per_class: int = 0  # held-out images per class for reference="holdout" rules
+    holdout_source: str = "extra"  # a value of HOLDOUT_SOURCES
+    holdout_every: int = 1  # steps between refreshes of the held-out gradient (cross: between fold rotations)
+
+
+class Recorder(StepLogger):
+    """Keeps the diagnostics of every ``interval``-th step in memory."""
+
+    KEYS = ("task_loss", "reg_loss", "conflict") + DIAGNOSTIC_KEYS
+
+    def __init__(self, interval: int):
+        self.interval = interval
+        self.steps = []
+        self.values = {k: [] for k in self.KEYS}
+
+    def wants_stats(self, step):
+        return step % self.interval == 0
+
+    def on_step(self, dtnh, stats):
+        if self.wants_stats(dtnh.num_steps) and "angle1" in stats:
+            self.steps.append(dtnh.num_steps)
+            for k in self.KEYS:
+                self.values[k].append(float(stats[k]) if k in stats else float("nan"))
+
+
+def split_holdout(labels: np.ndarray, chosen: np.ndarray, per_class: int, seed: int) -> tuple:
+    """``chosen`` indices split per class into (kept, held out), ``per_class``
+    held out of each class (drawn with ``seed``)."""
+    rng = np.random.default_rng(seed + 7919)
+    kept, held = [], []
+    for c in np.unique(labels[chosen]):
+        mine = rng.permutation(chosen[labels[chosen] == c])
+        if len(mine) <= per_class:
+            raise ValueError(f"Class {c} has {len(mine)} images: too few to hold {per_class} out and train on the rest.")
+        held.extend(mine[:per_class])
+        kept.extend(mine[per_class:])
+    return np.sort(np.asarray(kept)), np.sort(np.asarray(held))
+
+
+def _holdout_images(target, cfg, seed, needs_holdout):
+    """(train indices, held-out indices or None) of the target's train split."""
+    if not needs_holdout:
+        return few_shot_indices(target.train.labels, cfg.per_class, seed), None
+    if cfg.holdout_per_class <= 0:
+        raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
+    if cfg.holdout_source not in HOLDOUT_SOURCES:
+        raise ValueError(f"Invalid holdout_source {cfg.holdout_source!r}; expected one of {HOLDOUT_SOURCES}.")
+    if cfg.holdout_source == "extra":
+        # the training set exactly as every other method's, the extra images from the rest
+        train = few_shot_indices(target.train.labels, cfg.per_class, seed)
+        rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
+        extra = few_shot_indices(target.train.labels[rest], cfg.holdout_per_class, seed + 1)
+        return train, rest[extra]
+    train = few_shot_indices(target.train.labels, cfg.per_class, seed)
+    return split_holdout(target.train.labels, train, cfg.holdout_per_class, seed) if cfg.holdout_source == "budget" \
+        else (train, None)
+
+
+def run_transfer(
+    method: str,
+    source_path: str,
+    target: ImageSet,
+    cfg: RunConfig,
+    *,
+    seed: int = 0,
+    log_dir: str | None = None,
+    progress: bool = True,
+    checkpoint: str | None = None,
+) -> dict:
+    """Fine-tune a network of ``cfg.arch`` from ``source_path`` on a few-shot ``target``.
+
+    With ``checkpoint`` and ``cfg.checkpoint_every``, the run is saved there
+    every that many steps (model, optimizer, data order, random state, curves)
+    and resumed from it when it exists, ending as the uninterrupted run would;
+    the file is removed when the run finishes.
+
+    Returns:
+        dict: ``test_accuracy``, ``test_loss`` (final), the curves at every
+        evaluation (``curve``: iteration, train and test empirical loss, test
+        accuracy), the diagnostics every ``stats_interval`` steps
+        (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
+    """
+    spec = method_spec(method)
+    # data parallel (paddle.distributed.launch): every rank draws the same
+    # global batch and trains on its share; DTNH averages the gradients
+    world, me = world_size(), rank()
+    if cfg.batch_size < world:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} data-parallel ranks.")
+    start = time.time()
+    paddle.seed(seed)
+    rng = np.random.default_rng(seed)
+    needs_holdout = spec.rule.reference == "holdout"
+    train_idx, held_idx = _holdout_images(target, cfg, seed, needs_holdout)
+    x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
+    y_train = paddle.to_tensor(target.train.labels[train_idx])
+    test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
+            paddle.to_tensor(target.test.labels[: cfg.max_test]))
+
+    state = files.read_state_dict(source_path)
+    arch = ARCHITECTURES[cfg.arch]
+    if arch.num_classes(state) is None:
+        raise ValueError(f"{source_path} holds no {arch.name} weights (no {arch.head}.weight); "
+                         f"pass --arch matching the source.")
+    source = arch.build(arch.num_classes(state))
+    source.set_state_dict(state)
+    model = target_from(source, target.num_classes)
+
+    batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
+               for i in range(0, len(train_idx), cfg.batch_size)]
+    attention = None
+    if spec.regularizer == "delta":
+        attention = compute_attention(source, batches, num_classes=target.num_classes, progress=progress)
+    reg = build_regularizer(spec.regularizer, model, source, cfg, attention)
+    schedule = paddle.optimizer.lr.PiecewiseDecay(
+        [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
+    inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
+    # a run shorter than the interval still records its last step
+    stats_interval = min(cfg.stats_interval, cfg.iterations)
+    vdl = None
+    if log_dir and me == 0:
+        from paddle_dtnh.integrations.visualdl import DTNHLogger
+
+        vdl = DTNHLogger(log_dir, interval=stats_interval, display_name=f"{method}/seed{seed}")
+    recorder = Recorder(stats_interval)
+    loggers = LoggerGroup([recorder, vdl])
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    rule, holdout, folds = spec.rule, None, None
+    if needs_holdout:
+        rule = rule.replace(holdout_every=cfg.holdout_every)
+        if cfg.holdout_source == "cross":  # folds of positions in the training set, one class share each
+            folds = _cross_folds(target.train.labels[train_idx], cfg.holdout_per_class, seed)
+            held = lambda: (x_train[folds.current], y_train[folds.current])  # noqa: E731
+        else:
+            x_held = to_tensor_batch(target.train.images[held_idx], cfg.image_size)
+            y_held = paddle.to_tensor(target.train.labels[held_idx])
+            held = lambda: (x_held, y_held)  # noqa: E731
+
+        def holdout_loss():
+            x, y = held()
+            return F.cross_entropy(model(x), y)
+
+        holdout = holdout_loss
+    opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
+               steps_per_epoch=steps_per_epoch, logger=loggers, preset=rule, holdout=holdout)
+
+    curve = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
+
+    def evaluate_at(it):
+        train_loss, _ = evaluate(model, x_train, y_train)
+        test_loss, test_acc = evaluate(model, *test)
+        for k, v in zip(curve, (it, train_loss, test_loss, test_acc)):
+            curve[k].append(v)
+        loggers.log_eval(it, test_loss, test_acc)
+        return test_acc
+
+    order, first = [], 1
+    if checkpoint and os.path.isfile(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt)
+        first, order = state["iteration"] + 1, list(state["order"])
+        rng.bit_generator.state = state["rng"]
+        curve.update({k: list(v) for k, v in state["curve"].items()})
+        recorder.steps, recorder.values = list(state["logged_steps"]), {k: list(v) for k, v in state["logged"].items()}
+    else:
+        evaluate_at(0)
+    model.train()
+    with progress_bar(cfg.iterations, f"{spec.label} (seed {seed})", progress and me == 0) as bar:
+        bar.update(first - 1)
+        for it in range(first, cfg.iterations + 1):
+            if folds is not None:
+                folds.at_step(it, cfg.holdout_every)
+            batch, order = _next_batch(order, cfg.batch_size, len(train_idx), rng,
+                                       exclude=folds.current_set if folds is not None else ())
+            share = batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
+            b = paddle.to_tensor(np.asarray(share))
+            x = x_train[b]
+            if cfg.augment:
+                x = augment(x, rng, cfg.flip)
+            logits, omega = reg.run(x)
+            opt.update(F.cross_entropy(logits, y_train[b]), omega)
+            schedule.step()
+            if it % cfg.eval_interval == 0 or it == cfg.iterations:
+                acc = evaluate_at(it)
+                bar.set_postfix(test_acc=f"{acc:.3f}")
+            if checkpoint and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations \
+                    and me == 0:
+                save_checkpoint(checkpoint, model, opt, iteration=it, order=[int(i) for i in order],
+                                rng=rng.bit_generator.state, curve=curve, logged_steps=recorder.steps,
+                                logged=recorder.values)
+            bar.update(1)
+    if vdl is not None:
+        vdl.close()
+    if checkpoint and me == 0 and os.path.isfile(checkpoint):
+        os.remove(checkpoint)  # the run is complete: its result is what counts now
+    return {
+        "method": method,
+        "seed": seed,
+        "test_accuracy": curve["test_accuracy"][-1],
+        "test_loss": curve["test_loss"][-1],
+        "skipped_steps": opt.skipped_steps,
+        "source_distance": source_distance(model, source),
+        "curve": curve,
+        "diagnostics": {"step": recorder.steps, **recorder.values},
+        "seconds": time.time() - start,
+        "config": asdict(cfg),
+    }
+
+
+def _next_batch(order, batch_size, n, rng, exclude=()):
+    """The next ``batch_size`` positions of the shuffled ``order`` that are not
+    in ``exclude`` (a new permutation is appended when too few are left);
+    returns (batch, the rest of the order)."""
+    order = list(order)
+    while sum(1 for i in order if i not in exclude) < batch_size:
+        order += [int(i) for i in rng.permutation(n)]
+    batch, rest = [], []
+    for i in order:
+        (batch if len(batch) < batch_size and i not in exclude else rest).append(i)
+    return batch, rest
+
+
+class _Folds:
+    """Cross-fitting: positions of the training set split into folds holding
+    ``per_class`` images of every class; the fold held out rotates."""
+
+    def __init__(self, folds):
+        self.folds = folds
+        self.index = 0
+
+    @property
+    def current(self):
+        return paddle.to_tensor(np.asarray(self.folds[self.index]))
+
+    @property
+    def current_set(self):
+        return set(self.folds[self.index])
+
+    def at_step(self, step, every):
+        self.index = ((step - 1) // every) % len(self.folds)
+
+
+def _cross_folds(labels, per_class, seed) -> _Folds:
+    rng = np.random.default_rng(seed + 104729)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    n = min(len(pos) for pos in by_class) // per_class
+    if n < 2:
+        raise ValueError(f"Cross-fitting needs at least 2 folds of {per_class} images per class.")
+    return _Folds([[int(i) for pos in by_class for i in pos[f * per_class:(f + 1) * per_class]] for f in range(n)])
+
+
+def source_distance(model, source) -> float:
+    """||w_S - w_S0|| over the parameters the target shares with the source."""
+    own, theirs = dict(model.named_parameters()), dict(source.named_parameters())
+    total = 0.0
+    for name, p in own.items():
+        s = theirs.get(name)
+        if s is not None and list(s.shape) == list(p.shape):
+            total += float(((p - s) ** 2).sum())
+    return math.sqrt(total)
+
+
+def summarize_diagnostics(diagnostics: dict) -> dict:
+    """Means over a run's logged steps of the diagnostics the tables show
+    (None where no step was logged)."""
+    def mean(key):
+        values = [v for v in diagnostics.get(key, []) if not math.isnan(v)]
+        return float(np.mean(values)) if values else None
+
+    return {"conflict_rate": mean("conflict"), "mean_angle1": mean("angle1"), "mean_angle3": mean("angle3"),
+            "mean_reg_removed": mean("reg_removed"), "mean_blocks_in_conflict": mean("blocks_in_conflict")}
+
+
+class RunStore:
+    """Finished runs in a JSON-lines file, keyed by their settings, so an
+    interrupted benchmark resumes where it stopped (a line cut by a crash is
+    dropped and its run redone).
+
+    Examples:
+        .. code-block:: python
+
+            >>> import os, tempfile
+            >>> from lab import RunStore
+            >>> store = RunStore(os.path.join(tempfile.mkdtemp(), "runs.jsonl"))
+            >>> key = store.key("l2sp", 0, {"lam": 1.0})
+            >>> store.add({"key": key, "test_accuracy": 0.5})
+            >>> key in RunStore(store.path).runs
+            True
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.runs = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        run = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(run, dict) and "key" in run:
+                        self.runs[run["key"]] = run
+
+    @staticmethod
+    def key(*settings) -> str:
+        """A short hash of JSON-serialisable settings."""
+        blob = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def add(self, run: dict) -> None:
+        """Append ``run`` (which holds its ``key``) and flush it to disk."""
+        self.runs[run["key"]] = run
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(run) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def goal_text(cell, vanilla, finetune, is_vanilla=False) -> str:
+    """How a conflict rule meets the README's goal on one setting; each
+    argument maps seed -> run.
+
+    Where vanilla is below fine-tuning: the share of the gap recovered
+    (goal >= 50%); where it is above: the share of its gain kept (goal >= 80%).
+    Means over the seeds all three have; "no gap beyond noise" where the gap
+    or gain is within one standard error of the paired vanilla - fine-tuning
+    differences.
+
+    Examples:
+        .. code-block:: python
+
+            >>> from lab import goal_text
+            >>> runs = lambda *acc: {s: {"test_accuracy": a} for s, a in enumerate(acc)}
+            >>> goal_text(runs(0.78, 0.80), runs(0.70, 0.71), runs(0.80, 0.81))
+            'recovers 85% of a 10.0-pt gap'
+    """
+    seeds = sorted(set(cell) & set(vanilla) & set(finetune))
+    if is_vanilla or not seeds:
+        return ""
+    acc = lambda runs: np.array([100 * runs[s]["test_accuracy"] for s in seeds])
+    gap = acc(vanilla) - acc(finetune)  # < 0: the regularizer hurts
+    mean_gap = gap.mean()
+    sem = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("inf")
+    if abs(mean_gap) <= sem:  # a share of noise means nothing
+        return f"no gap beyond noise ({mean_gap:+.1f} ± {sem:.1f} pt)"
+    share = (acc(cell) - acc(finetune)).mean() / mean_gap
+    if mean_gap < 0:  # recovered share of the gap: 1 - remaining gap / gap
+        return f"recovers {100 * (1 - share):.0f}% of a {-mean_gap:.1f}-pt gap"
+    return f"keeps {100 * share:.0f}% of a {mean_gap:.1f}-pt gain"

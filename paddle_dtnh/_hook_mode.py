@@ -1,0 +1,134 @@
+"""Hook mode's bookkeeping: gO per micro-batch, paired with the loop's backward().
+
+In hook mode the loop owns the backward pass, so gJ arrives in ``p.grad``
+(summed over micro-batches) while gO arrives through ``regularize(omega)``.
+:class:`PendingRegularizer` sums gO the same way and checks, at ``step()``,
+that the two come from the same forwards:
+
+* every ``regularize`` hangs a token on tensors of its forward's graph (the
+  regularizer's :meth:`take_graph_anchors`: the target's feature maps); the
+  loss's backward passes through them and marks the token, so a
+  ``regularize`` whose forward got no backward is caught (a stale value from
+  an evaluation pass, a forward whose loss was dropped, ``step()`` with no
+  backward);
+* a hook on every trainable parameter counts backward passes, so a backward
+  without ``regularize`` is caught where the regularizer needs one, and a
+  closed-form gO is counted once per backward, as gJ is.
+
+Hooks are host callbacks during backward: no device synchronisation.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PendingRegularizer"]
+
+_ORDER = ("each micro-batch: output, omega = reg.run(x); opt.regularize(omega); loss.backward(); "
+          "then opt.step() once (and opt.clear_grad())")
+
+
+class _Token:
+    """One regularize() call: whether its forward's backward has run."""
+
+    __slots__ = ("seen", "anchored")
+
+    def __init__(self, anchored: bool):
+        self.seen = False
+        self.anchored = anchored
+
+
+class PendingRegularizer:
+    """gO summed over the micro-batches since the last step, with the checks above."""
+
+    def __init__(self, dtnh):
+        self._dtnh = dtnh
+        self._hooked = set()  # id(param) with a counting hook
+        self._counts = {}  # id(param) -> backward passes that reached it
+        self.clear()
+        if dtnh.regularizer is not None:
+            for p in dtnh.parameters:
+                self._hook(p)
+
+    @property
+    def active(self) -> bool:
+        """Whether a regularize() result waits for step()."""
+        return bool(self._tokens)
+
+    def clear(self) -> None:
+        self._sum, self._omega, self._ids, self._tokens = None, None, None, []
+        self._counts = {}
+
+    def _hook(self, param) -> None:
+        if id(param) in self._hooked or param.stop_gradient:
+            return
+        key = id(param)
+
+        def count(grad):
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+        param.register_hook(count)
+        self._hooked.add(key)
+
+    def backward_passes(self) -> int:
+        """Backward passes since the last step (the most any parameter saw)."""
+        return max(self._counts.values(), default=0)
+
+    def add(self, params, grads, omega, anchors) -> None:
+        """One micro-batch's gO (fresh tensors, summed in place)."""
+        ids = [id(p) for p in params]
+        if self._ids is not None and ids != self._ids:
+            raise RuntimeError("The trainable parameters changed between regularize() calls of one step.")
+        for p in params:
+            self._hook(p)
+        if self._sum is None:
+            self._sum, self._omega, self._ids = list(grads), omega, ids
+        else:
+            self._sum = [a if b is None else (b if a is None else a.add_(b)) for a, b in zip(self._sum, grads)]
+            self._omega = self._omega + omega
+        token = _Token(anchored=bool(anchors))
+
+        def mark(grad):
+            token.seen = True
+
+        for tensor in anchors:
+            tensor.register_hook(mark)
+        self._tokens.append(token)
+
+    def collect(self, params) -> tuple:
+        """``(gO aligned with params, omega for the logs)`` for this step;
+        RuntimeError (pending state cleared, nothing else changed) where the
+        gradients cannot be paired."""
+        tokens, total, omega, ids = self._tokens, self._sum, self._omega, self._ids
+        passes = self.backward_passes()
+        self.clear()
+        reg = self._dtnh.regularizer
+        if tokens and ids != [id(p) for p in params]:
+            raise RuntimeError("The trainable parameters changed between regularize() and step().")
+        unseen = sum(1 for t in tokens if t.anchored and not t.seen)
+        if unseen:
+            raise RuntimeError(
+                f"{unseen} of {len(tokens)} regularize() call(s) since the last step belong to a forward "
+                f"whose loss.backward() never ran (a stale regularize, e.g. from an evaluation pass in train "
+                f"mode, or step() without backward). Expected order: {_ORDER}. Weights and optimizer state "
+                "are unchanged.")
+        if reg is None:
+            return [None] * len(params), None
+        if tokens and passes != len(tokens):
+            raise RuntimeError(
+                f"regularize() ran {len(tokens)} time(s) but loss.backward() {passes} time(s) since the last "
+                f"step: the gradients cannot be paired. Expected order: {_ORDER}. Weights and optimizer state "
+                "are unchanged.")
+        if tokens:
+            return total, omega
+        if passes == 0:
+            raise RuntimeError(
+                f"step() found no loss.backward() since the last step. Expected order: {_ORDER}. "
+                "Weights and optimizer state are unchanged.")
+        if not reg.has_closed_form:
+            raise RuntimeError(
+                f"loss.backward() ran {passes} time(s) without opt.regularize(omega), which "
+                f"{type(reg).__name__} needs (its gradient is not known in closed form). Expected order: "
+                f"{_ORDER}; hub.Trainer and paddle.Model do this through paddle_dtnh.integrations.hub.TransferTask.")
+        grads = reg.grads(params, None)
+        if passes > 1:  # accumulated micro-batches: gJ is a sum of that many gradients, so is gO
+            grads = [None if g is None else g.scale_(float(passes)) for g in grads]
+        return grads, None

@@ -1,0 +1,150 @@
+"""Any Paddle optimizer's state, keyed by the model's structured parameter
+names (``layer1.0.conv1.weight``) instead of Paddle's generated ones
+(``conv2d_3.w_0_velocity_0``, which depend on the order layers were created
+in): validated whole before anything is written, then loaded.
+
+Paddle keeps no public API for this, so this module (and only this one)
+reads the optimizer's ``_accumulators`` and creates missing ones with
+``_create_accumulators`` as its first step would.
+"""
+
+from __future__ import annotations
+
+import paddle
+
+__all__ = ["FORMAT", "StructuredState", "optimizer_parameters", "stable_names", "tensor_problems"]
+
+FORMAT = "paddle_dtnh.optimizer/2"
+#: entries of a Paddle optimizer's state dict that are not accumulators
+_EXTRAS = ("LR_Scheduler", "master_weights")
+
+
+def tensor_problems(label: str, value, like) -> list:
+    """What is wrong with a saved tensor that must match ``like`` (empty: nothing)."""
+    if not isinstance(value, paddle.Tensor):
+        return [f"{label} is a {type(value).__name__}, not a tensor"]
+    if list(value.shape) != list(like.shape):
+        return [f"{label}: shape {list(value.shape)} saved, {list(like.shape)} expected"]
+    if value.dtype != like.dtype:
+        return [f"{label}: dtype {value.dtype} saved, {like.dtype} expected"]
+    return []
+
+
+def optimizer_parameters(optimizer) -> list:
+    """Every parameter an optimizer owns, flattening parameter groups."""
+    params = getattr(optimizer, "_parameter_list", None)
+    if not params:
+        raise TypeError(
+            f"{type(optimizer).__name__} has no parameter list; pass a "
+            "paddle.optimizer.Optimizer built with parameters=model.parameters()."
+        )
+    if isinstance(params[0], dict):
+        return [p for group in params for p in group["params"]]
+    return list(params)
+
+
+def stable_names(params, model) -> list:
+    """A name per parameter that does not depend on creation order: the
+    model's structured name, else the parameter's position ("#3")."""
+    named = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
+
+
+class StructuredState:
+    """The state of ``inner`` over ``params``, keyed by ``names``.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh._optim_state import StructuredState
+            >>> net = paddle.nn.Linear(2, 2)
+            >>> opt = paddle.optimizer.Momentum(0.1, parameters=net.parameters())
+            >>> state = StructuredState(opt, net.parameters(), ["weight", "bias"]).state()
+            >>> sorted(state["accumulators"])
+            ['bias', 'weight']
+    """
+
+    def __init__(self, inner, params, names):
+        self.inner = inner
+        self.params = list(params)
+        self.names = list(names)
+        self._stable_of = {p.name: n for p, n in zip(self.params, self.names)}  # Paddle name -> stable
+
+    def _variables(self) -> dict:
+        """(stable name, accumulator) -> the inner optimizer's tensor, created
+        now if it was not yet (as the first step would, with the same values)."""
+        trainable = [p for p in self.params if not p.stop_gradient]
+        if trainable:
+            block = paddle.static.default_main_program().global_block()
+            self.inner._create_accumulators(block, trainable)
+        return {(self._stable_of[param_name], acc): var for acc, per_param in self.inner._accumulators.items()
+                for param_name, var in per_param.items()}
+
+    def state(self) -> dict:
+        """``{"format", "accumulators": {name: {acc: tensor}}, "other": {...}}``."""
+        accumulators, generated = {}, set()
+        for acc, per_param in self.inner._accumulators.items():
+            for param_name, var in per_param.items():
+                accumulators.setdefault(self._stable_of[param_name], {})[acc] = var
+                generated.add(var.name)
+        other = {k: v for k, v in self.inner.state_dict().items() if k not in generated}
+        return {"format": FORMAT, "accumulators": accumulators, "other": other}
+
+    def problems(self, saved) -> list:
+        """What in a saved :meth:`state` does not fit (empty: it fits); nothing changes."""
+        if not isinstance(saved, dict):
+            return [f"the optimizer part is a {type(saved).__name__}, not a dict"]
+        if saved.get("format") != FORMAT:
+            raise ValueError(
+                f"The optimizer state has format {saved.get('format')!r}, not {FORMAT!r}: it was "
+                "saved by an older paddle_dtnh, whose state is keyed by generated names; restart the "
+                "optimizer state or load it into the bare inner optimizer."
+            )
+        params = dict(zip(self.names, self.params))
+        accumulators = saved.get("accumulators", {})
+        expected = self._variables() if accumulators else {}
+        problems, found = [], set()
+        for name, per_acc in accumulators.items():
+            if name not in params:
+                problems.append(f"optimizer: {name} is not a parameter of this optimizer")
+                continue
+            for acc, tensor in per_acc.items():
+                found.add((name, acc))
+                var = expected.get((name, acc))
+                if var is None:
+                    problems.append(f"optimizer: {type(self.inner).__name__} keeps no {acc} for {name} "
+                                    "(saved by another kind of optimizer?)")
+                else:
+                    problems += tensor_problems(f"optimizer: {name} ({acc})", tensor, var)
+        problems += [f"optimizer: {acc} of {name} is missing" for name, acc in expected if (name, acc) not in found]
+        return problems
+
+    def load(self, saved: dict) -> None:
+        """Write a validated saved state into the inner optimizer, matched by
+        parameter, never by generated name."""
+        accumulators = saved.get("accumulators", {})
+        if accumulators:
+            variables = self._variables()
+            for name, per_acc in accumulators.items():
+                for acc, value in per_acc.items():
+                    var = variables[(name, acc)]
+                    var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
+        other = saved.get("other", {})
+        schedule = self.inner._learning_rate
+        if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:
+            schedule.set_state_dict(other["LR_Scheduler"])
+
+    def check_bare(self, state_dict: dict) -> None:
+        """A bare inner optimizer's checkpoint is keyed by generated names: accept
+        it only where every accumulator names a parameter of this optimizer."""
+        names = sorted((p.name for p in self.params), key=len, reverse=True)
+        unmatched = [k for k in state_dict if k not in _EXTRAS
+                     and not any(k.startswith(n + "_") for n in names)]
+        if unmatched:
+            raise ValueError(
+                f"This checkpoint of a bare {type(self.inner).__name__} names parameters this process "
+                f"does not have ({', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}): Paddle "
+                "names them in creation order. Resume in a fresh process that builds the model the same "
+                "way, or start the optimizer state afresh; DTNH's own checkpoints do not depend on it."
+            )

@@ -1,0 +1,149 @@
+r"""Conflict rules: what DTNH does with the regularizer's gradient, as one type.
+
+A :class:`Rule` names the three choices of the rule family (see
+:func:`paddle_dtnh.projection.dtnh_direction`) and the knobs of its
+reference:
+
+* ``granularity``: the block a conflict is judged on: ``"global"`` (all
+  parameters, the paper), ``"layer"`` (one tensor), ``"coordinate"`` (one
+  scalar);
+* ``on_conflict``: ``"project"`` removes the part of a conflicting block's
+  :math:`g_\Omega` along the reference (the paper), ``"drop"`` removes the
+  block's whole :math:`g_\Omega`, ``"ignore"`` keeps it (the vanilla
+  regularized baseline, :math:`d = g_J + \lambda g_\Omega`);
+* ``reference``: what conflicts are judged against: ``"batch"`` (this
+  batch's :math:`g_J`, the paper), ``"ema"`` (a moving average of
+  :math:`g_J`), ``"holdout"`` (the gradient of the empirical loss on
+  held-out target data; see :mod:`paddle_dtnh.references`);
+* ``max_reg_ratio``: optionally cap the kept pull at a multiple of
+  :math:`\lVert g_J\rVert`.
+
+:data:`PRESETS` is the one registry of named rules. ``"paper"`` is the
+published algorithm (Wan et al., Algorithm 1) and the default everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ._checks import check_choice, check_positive, check_positive_int, check_ratio
+
+__all__ = ["Rule", "PRESETS", "GRANULARITIES", "ON_CONFLICT", "REFERENCES", "resolve_rule", "resolve_preset"]
+
+#: ``"global"``: one block of all parameters (the paper). ``"layer"``: one
+#: block per parameter tensor. ``"coordinate"``: one block per scalar.
+GRANULARITIES = ("global", "layer", "coordinate")
+
+#: ``"project"``: remove the conflicting component (the paper). ``"drop"``:
+#: remove a conflicting block's whole regularizer gradient. ``"ignore"``:
+#: keep it (the vanilla regularized step, no DTNH).
+ON_CONFLICT = ("project", "drop", "ignore")
+
+#: ``"batch"``: this batch's gJ (the paper). ``"ema"``: a moving average of
+#: gJ. ``"holdout"``: the gradient of the empirical loss on held-out data.
+REFERENCES = ("batch", "ema", "holdout")
+
+
+@dataclass(frozen=True)
+class Rule:
+    r"""One conflict rule; validated when built.
+
+    Args:
+        granularity (str, optional): a value of :data:`GRANULARITIES`. Default: "global".
+        on_conflict (str, optional): a value of :data:`ON_CONFLICT`. Default: "project".
+        reference (str, optional): a value of :data:`REFERENCES`. Default: "batch".
+        max_reg_ratio (float, optional): :math:`\rho > 0`: after the rule,
+            the kept pull is scaled so that :math:`\lVert\lambda
+            g'_\Omega\rVert \le \rho\lVert g_J\rVert`. Default: None (no cap).
+        ema_decay (float, optional): :math:`\beta \in [0, 1)` of
+            ``reference="ema"``. Default: 0.9.
+        holdout_every (int, optional): steps between refreshes of the
+            held-out gradient (``reference="holdout"``). Default: 1.
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.rules import PRESETS, Rule
+            >>> PRESETS["paper"] == Rule()
+            True
+            >>> PRESETS["paper"].replace(granularity="layer").granularity
+            'layer'
+    """
+
+    granularity: str = "global"
+    on_conflict: str = "project"
+    reference: str = "batch"
+    max_reg_ratio: float | None = None
+    ema_decay: float = 0.9
+    holdout_every: int = 1
+
+    def __post_init__(self):
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("on_conflict", self.on_conflict, ON_CONFLICT)
+        check_choice("reference", self.reference, REFERENCES)
+        if self.max_reg_ratio is not None:
+            object.__setattr__(self, "max_reg_ratio", check_positive("max_reg_ratio", self.max_reg_ratio))
+        object.__setattr__(self, "ema_decay", check_ratio("ema_decay", self.ema_decay, low_open=False))
+        object.__setattr__(self, "holdout_every", check_positive_int("holdout_every", self.holdout_every))
+
+    @property
+    def projects(self) -> bool:
+        """Whether the rule changes gO at all (False for the vanilla step)."""
+        return self.on_conflict != "ignore"
+
+    def replace(self, **changes) -> Rule:
+        """A copy with ``changes`` applied (None included: ``max_reg_ratio=None`` lifts a cap)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"Rule has no option {unknown[0]!r}; its options are "
+                            f"{[f.name for f in dataclasses.fields(self)]}.")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """The options as a plain dict (run keys, state dicts, logs)."""
+        return dataclasses.asdict(self)
+
+
+#: preset name -> :class:`Rule`. ``"paper"``: Algorithm 1 as published.
+#: ``"never_hurt"``: per parameter tensor, the regularizer's gradient is
+#: dropped where it points against a moving average of the data's gradient,
+#: and what is kept is capped at the data gradient's norm (evidence in
+#: docs/evidence.md). ``"vanilla"``: the regularized step without DTNH.
+PRESETS = MappingProxyType({
+    "paper": Rule(),
+    "never_hurt": Rule(granularity="layer", on_conflict="drop", reference="ema", max_reg_ratio=1.0),
+    "vanilla": Rule(on_conflict="ignore"),
+})
+
+
+def resolve_rule(preset: str | Rule = "paper", **overrides) -> Rule:
+    """The :class:`Rule` named by ``preset`` (a name in :data:`PRESETS` or a
+    Rule), with ``overrides`` applied: every override given counts, None
+    included (``max_reg_ratio=None`` switches a preset's cap off).
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.rules import resolve_rule
+            >>> resolve_rule("never_hurt", max_reg_ratio=None).max_reg_ratio is None
+            True
+    """
+    if isinstance(preset, Rule):
+        rule = preset
+    elif isinstance(preset, str) and preset in PRESETS:
+        rule = PRESETS[preset]
+    else:
+        raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))} "
+                         "or a paddle_dtnh.Rule.")
+    return rule.replace(**overrides) if overrides else rule
+
+
+def resolve_preset(name: str, **overrides) -> dict:
+    """Deprecated (0.1): the options of preset ``name`` as a dict; use :func:`resolve_rule`."""
+    import warnings
+
+    warnings.warn("resolve_preset is deprecated; use paddle_dtnh.rules.resolve_rule, which returns a Rule.",
+                  DeprecationWarning, stacklevel=2)
+    return resolve_rule(name, **overrides).as_dict()
