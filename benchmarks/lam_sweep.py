@@ -35,7 +35,7 @@ if _REPO not in sys.path:  # the harness (lab/) lives beside the package, not in
 
 def parse_args(argv=None):
     from paddle_dtnh.models.architectures import ARCHITECTURES
-    from lab import CANDIDATES, REGULARIZERS
+    from lab import CANDIDATES, HOLDOUT_SOURCES, REGULARIZERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", nargs="+", default=["mnist5k:digits", "fashion-mnist:digits"], metavar="SOURCE:TARGET",
@@ -52,6 +52,15 @@ def parse_args(argv=None):
     p.add_argument("--max-test", type=int, default=500, help="test images evaluated (default: 500)")
     p.add_argument("--output", default="output/lam_sweep", help="default: output/lam_sweep")
     p.add_argument("--cache", default=os.path.join("output", "sources"), help="pretrained source cache")
+    p.add_argument("--source-epochs", type=int, default=1, help="source pretraining epochs (default: 1)")
+    p.add_argument("--source-images", type=int, default=4000, help="source pretraining images (default: 4000)")
+    p.add_argument("--per-class", type=int, default=10, help="target training images per class (default: 10)")
+    p.add_argument("--holdout-per-class", type=int, default=2,
+                   help="held-out images per class of the holdout rules (default: 2)")
+    p.add_argument("--holdout-source", choices=list(HOLDOUT_SOURCES), default="budget",
+                   help="held-out images beyond the training set (extra), out of it (budget), or rotating "
+                        "folds of it (cross) (default: budget)")
+    p.add_argument("--holdout-every", type=int, default=1, help="steps between held-out refreshes (default: 1)")
     p.add_argument("--report-only", action="store_true", help="write the tables and plots from finished runs")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -87,7 +96,8 @@ def config(args, reg, lam):
     from lab import RunConfig
 
     cfg = RunConfig(arch=args.arch, iterations=args.iterations, eval_interval=args.iterations, stats_interval=5,
-                    max_test=args.max_test)
+                    max_test=args.max_test, per_class=args.per_class, holdout_per_class=args.holdout_per_class,
+                    holdout_source=args.holdout_source, holdout_every=args.holdout_every)
     if lam is not None:
         cfg.lam[reg] = lam
     return cfg
@@ -119,8 +129,8 @@ def report(runs, args) -> str:
                 continue  # this pair was not run with this regularizer
             lines += [f"\n**{pair.replace(':', ' -> ')}, {reg}** (fine-tuning: {ft_text})\n",
                       "| lam | method | accuracy (%) | vs vanilla, paired (points, mean ± SE) | goal | "
-                      "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) | distance to source |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for lam in sorted(lams):
                 vanilla = by.get((pair, reg, lam), {})
                 for method in methods:
@@ -139,7 +149,8 @@ def report(runs, args) -> str:
                         f"| {lam:g} | {method} | {mean:.2f} ± {std:.2f} (n={len(acc)}) | {diff_text} | {goal} "
                         f"| {diag('conflict_rate', lambda v: f'{100 * v:.0f}%')} "
                         f"| {diag('mean_reg_removed', lambda v: f'{100 * v:.1f}%')} "
-                        f"| {diag('mean_angle1', lambda v: f'{v:.1f}')} / {diag('mean_angle3', lambda v: f'{v:.1f}')} |")
+                        f"| {diag('mean_angle1', lambda v: f'{v:.1f}')} / {diag('mean_angle3', lambda v: f'{v:.1f}')} "
+                        f"| {diag('source_distance', lambda v: f'{v:.2f}')} |")
     return "\n".join(lines)
 
 
@@ -182,6 +193,20 @@ def plot(runs, args, output) -> list:
     return written
 
 
+def extra_key(args, spec) -> list:
+    """Settings beyond the first sweep's protocol, in the run key only where
+    they differ from it (so the first sweep's runs keep their keys)."""
+    extra = [args.arch] if args.arch != "resnet18" else []
+    if (args.source_epochs, args.source_images) != (1, 4000):
+        extra.append({"source_epochs": args.source_epochs, "source_images": args.source_images})
+    if args.per_class != 10:
+        extra.append({"per_class": args.per_class})
+    if spec.rule.reference == "holdout":
+        extra.append({"holdout_per_class": args.holdout_per_class, "holdout_source": args.holdout_source,
+                      "holdout_every": args.holdout_every})
+    return extra
+
+
 def main(argv=None):
     args = parse_args(argv)
     from paddle_dtnh.data import load_dataset
@@ -192,7 +217,7 @@ def main(argv=None):
     cells = grid(args)
     # the key holds the rule's options, so redefining a preset never reuses stale runs
     keyed = [(cell, store.key(*cell, method_spec(cell[3]).resolved_options, args.iterations, args.max_test,
-                              *([args.arch] if args.arch != "resnet18" else [])))
+                              *extra_key(args, method_spec(cell[3]))))
              for cell in cells]
     todo = [(cell, key) for cell, key in keyed if key not in store.runs]
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already done", flush=True)
@@ -202,7 +227,8 @@ def main(argv=None):
         source, target = pair.split(":")
         if source not in sources:
             sources[source] = pretrain_source(source, cache_dir=args.cache, progress=not args.no_progress,
-                                              arch=args.arch)
+                                              arch=args.arch, epochs=args.source_epochs,
+                                              max_images=args.source_images)
         if target not in targets:
             targets[target] = load_dataset(target)
         result = run_transfer(method, sources[source], targets[target], config(args, reg, lam), seed=seed,

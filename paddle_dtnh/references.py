@@ -200,15 +200,20 @@ class HoldoutReference(_PerParameter):
         self._refreshed_at = None
 
     def _refresh(self, params) -> None:
+        # the statistics are restored after the backward: the graph holds them
         with frozen_batch_norm(self.model):
             loss = self.fn()
-        if not isinstance(loss, paddle.Tensor) or loss.size != 1:
-            raise TypeError("holdout() must return the held-out loss as a scalar Tensor, got "
-                            f"{type(loss).__name__}{'' if not isinstance(loss, paddle.Tensor) else list(loss.shape)}.")
-        if loss.stop_gradient:
-            raise ValueError("holdout() returned a loss with no gradient path to the parameters (computed under "
-                             "paddle.no_grad() or detached?): return the model's loss on held-out data.")
-        grads = all_reduce_mean(paddle.grad(loss, params, allow_unused=True))
+            if not isinstance(loss, paddle.Tensor) or loss.size != 1:
+                got = f"Tensor of shape {list(loss.shape)}" if isinstance(loss, paddle.Tensor) else type(loss).__name__
+                raise TypeError(f"holdout() must return the held-out loss as a scalar Tensor, got a {got}.")
+            if loss.stop_gradient:
+                raise ValueError("holdout() returned a loss with no gradient path to the parameters (computed "
+                                 "under paddle.no_grad() or detached?): return the model's loss on held-out data.")
+            grads = paddle.grad(loss, params, allow_unused=True)
+        if all(g is None for g in grads):
+            raise ValueError("holdout() returned a loss that depends on none of the optimizer's parameters: "
+                             "return the loss of the model being trained on held-out data.")
+        grads = all_reduce_mean(grads)
         self._held = {id(p): g for p, g in zip(params, grads) if g is not None}
 
     def get(self, params, task_grads, step):

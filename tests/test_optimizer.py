@@ -39,7 +39,11 @@ def batches(n, seed=1):
 
 def perturbed_pair():
     """A source and a target that starts from it, moved so Omega is non-zero."""
-    return make_net(0), make_net(0)
+    source, target = make_net(0), make_net(0)
+    rng = np.random.default_rng(42)
+    for p in target.parameters():
+        p.set_value(p.numpy() + rng.normal(scale=0.05, size=p.shape).astype("float32"))
+    return source, target
 
 
 def weights(net):
@@ -469,3 +473,8 @@ def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
         ema = opt.state_dict()["dtnh"]["ema"]
         for name, m in zip(names, expected):
             np.testing.assert_allclose(ema[name].numpy(), m, rtol=1e-5, atol=1e-7)
+
+
+def test_perturbed_pair_has_a_nonzero_regularizer():
+    source, net = perturbed_pair()
+    assert float(L2SP(net, source, alpha=1.0, beta=0.0, head=["4"])()) > 1e-4
