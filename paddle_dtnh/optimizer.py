@@ -79,6 +79,21 @@ def _all_finite(tensors, like=None) -> paddle.Tensor:
     return paddle.full([], True, dtype="bool", device=None if like is None else like.place)
 
 
+_HALF = (paddle.float16, paddle.bfloat16)
+
+
+def _in_float32(tensors):
+    """``(tensors in float32, back)``: half-precision gradients (float16
+    parameters under O2 AMP) are combined in float32, so the inner products
+    neither overflow nor round away; ``back`` casts directions to the
+    original dtypes. Float32 tensors pass through untouched (no copy)."""
+    dtypes = [None if t is None else t.dtype for t in tensors]
+    if not any(d in _HALF for d in dtypes):
+        return list(tensors), lambda ds: ds
+    up = [t if t is None or t.dtype not in _HALF else t.astype("float32") for t in tensors]
+    return up, lambda ds: [d if d is None or dt not in _HALF else d.astype(dt) for d, dt in zip(ds, dtypes)]
+
+
 def _rule_of(preset, options: dict) -> Rule:
     """The Rule of a DTNH: ``preset`` with the options given (0.1's ``rule=``
     and ``project=`` spelled the new way, with a warning)."""
@@ -375,7 +390,7 @@ class DTNH:
         task_grads = all_reduce_mean(paddle.grad(scaled(loss), params, allow_unused=True))
         if scale is not None:
             _unscale(task_grads, scale)
-            if omega is not None:
+            if omega is not None and not self.regularizer.has_closed_form:  # a closed form never saw the scale
                 _unscale(reg_grads, scale)
         return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True, scaler=scaler)
 
@@ -402,7 +417,7 @@ class DTNH:
         params = self._trainable()
         scale = _scale_of(scaler)
         grads = self._reg_grads(params, omega if scale is None else scaler.scale(omega))
-        if scale is not None:
+        if scale is not None and not self.regularizer.has_closed_form:
             _unscale(grads, scale)
         self._pending.add(params, grads, omega.detach(), self.regularizer.take_graph_anchors())
         return omega.detach()
@@ -471,16 +486,12 @@ class DTNH:
         reference = self._reference.get(params, task_grads, self.num_steps + 1) if self.rule.projects else None
         # detach() shares storage (no copy) and lets Paddle write in place; in
         # hook mode that is p.grad itself, which the direction replaces anyway
-        directions, stats = dtnh_direction(
-            [None if g is None else g.detach() for g in task_grads],
-            [None if g is None else g.detach() for g in reg_grads],
-            lam,
-            self.rule,
-            reference=reference,
-            eps=self.eps,
-            with_stats=with_stats,
-            inplace=True,
-        )
+        task32, back = _in_float32([None if g is None else g.detach() for g in task_grads])
+        reg32, _ = _in_float32([None if g is None else g.detach() for g in reg_grads])
+        ref32 = None if reference is None else _in_float32(reference)[0]
+        directions, stats = dtnh_direction(task32, reg32, lam, self.rule, reference=ref32, eps=self.eps,
+                                           with_stats=with_stats, inplace=True)
+        directions = back(directions)
         # the one host sync of a step: whether to step at all
         finite = bool(_all_finite(directions, like))
         if scaler is not None:

@@ -49,6 +49,10 @@ def _downloaded_weights():
 class ResNet18VDModule(ResNet18VD):
     """ResNet-18-vd classifier; ``forward`` returns ``(logits, feature)``.
 
+    ``module.save_inference_model(dirname)`` writes a Paddle Inference model
+    (``<dirname>/resnet18_vd_dtnh.*``, inputs as :attr:`input_spec`) whose
+    outputs are the logits and the feature.
+
     Args:
         label_list (list, optional): the target's class names; gives the
             number of classes. Default: None.
@@ -59,6 +63,9 @@ class ResNet18VDModule(ResNet18VD):
         load_checkpoint (str, optional): a fine-tuned ``model.pdparams`` of
             this module to load instead. Default: None.
     """
+
+    #: what save_inference_model traces: float32 NCHW images, any batch and size
+    input_spec = [paddle.static.InputSpec(shape=[None, 3, None, None], dtype="float32", name="image")]
 
     def __init__(self, label_list=None, num_classes=None, weights=None, load_checkpoint=None):
         if label_list is not None and num_classes is not None and len(label_list) != num_classes:
@@ -90,6 +97,17 @@ class ResNet18VDModule(ResNet18VD):
     def forward(self, x):
         feature = self.features(x)
         return self.out(feature), feature
+
+    def save_inference_model(self, dirname, *args, **kwargs):
+        """PaddleHub's export, traced in eval mode (BatchNorm uses its running
+        statistics, as :meth:`predict` does), whatever mode training left."""
+        was_training = self.training
+        self.eval()
+        try:
+            return super(ResNet18VDModule, self).save_inference_model(dirname, *args, **kwargs)
+        finally:
+            if was_training:
+                self.train()
 
     @staticmethod
     def preprocess(images, size=224):
