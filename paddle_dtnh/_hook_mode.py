@@ -20,6 +20,8 @@ Hooks are host callbacks during backward: no device synchronisation.
 
 from __future__ import annotations
 
+import weakref
+
 __all__ = ["PendingRegularizer"]
 
 _ORDER = ("each micro-batch: output, omega = reg.run(x); opt.regularize(omega); loss.backward(); "
@@ -42,6 +44,7 @@ class PendingRegularizer:
     def __init__(self, dtnh):
         self._dtnh = dtnh
         self._hooked = set()  # id(param) with a counting hook
+        self._handles = []  # removed with this object: re-wrapping a model leaves no hooks behind
         self._counts = {}  # id(param) -> backward passes that reached it
         self.clear()
         if dtnh.regularizer is not None:
@@ -60,13 +63,19 @@ class PendingRegularizer:
     def _hook(self, param) -> None:
         if id(param) in self._hooked or param.stop_gradient:
             return
-        key = id(param)
+        key, owner = id(param), weakref.ref(self)  # the parameter must not keep DTNH alive
 
         def count(grad):
-            self._counts[key] = self._counts.get(key, 0) + 1
+            me = owner()
+            if me is not None:
+                me._counts[key] = me._counts.get(key, 0) + 1
 
-        param.register_hook(count)
+        self._handles.append(param.register_hook(count))
         self._hooked.add(key)
+
+    def __del__(self):
+        for handle in getattr(self, "_handles", ()):
+            handle.remove()
 
     def backward_passes(self) -> int:
         """Backward passes since the last step (the most any parameter saw)."""
