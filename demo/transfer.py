@@ -34,6 +34,16 @@ DEMO_LAM = {"l2sp": 10.0}
 #: the sweep's protocol (60 steps), which keeps `make demo` within 5 minutes on 2 cores
 DEMO_ITERATIONS = 60
 
+#: --scenario: "hurts" (the default: a weak source, L2-SP costs accuracy) or
+#: "helps" (a source trained to convergence on the target's domain, where
+#: staying close to it pays); each sets the defaults the other options override
+SCENARIOS = {
+    "hurts": dict(source="mnist5k", target="digits", source_epochs=1, source_images=4000,
+                  iterations=DEMO_ITERATIONS, methods=DEFAULT_METHODS),
+    "helps": dict(source="fashion-mnist-a", target="fashion-mnist-a", source_epochs=4, source_images=30000,
+                  iterations=100, methods=DEFAULT_METHODS + ["dtnh_l2sp@layer_drop_holdout"]),
+}
+
 
 def parse_args(argv=None):
     from paddle_dtnh.models.architectures import ARCHITECTURES
@@ -44,24 +54,28 @@ def parse_args(argv=None):
     datasets = ", ".join(f"{k} ({v.description})" for k, v in DATASETS.items())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"datasets: {datasets}")
-    p.add_argument("--source", default="mnist5k", choices=list(DATASETS),
-                   help="dataset the source ResNet-18 is pretrained on (default: mnist5k)")
+    p.add_argument("--scenario", choices=list(SCENARIOS), default="hurts",
+                   help="hurts: weak mnist5k source -> UCI digits (default); helps: a Fashion-MNIST source "
+                        "trained to convergence (classes 0-4, 4 epochs of 30000 images, cached) -> a few-shot "
+                        "Fashion-MNIST target of the same classes")
+    p.add_argument("--source", choices=list(DATASETS),
+                   help="dataset the source ResNet-18 is pretrained on (default: the scenario's)")
     p.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES),
                    help=f"network: resnet18 (paddle.vision) or resnet18_vd (PaddleHub's) (default: {d.arch})")
     p.add_argument("--source-weights", metavar="PDPARAMS",
                    help="use these weights (of --arch) as the source instead of pretraining")
-    p.add_argument("--target", default="digits", choices=list(DATASETS), help="target dataset (default: digits)")
+    p.add_argument("--target", choices=list(DATASETS), help="target dataset (default: the scenario's)")
     p.add_argument("--source-root", help="folder of the source dataset's files, if not the default")
     p.add_argument("--target-root", help="folder of the target dataset's files, if not the default")
     p.add_argument("--download", action="store_true", help="allow downloading paddle.vision datasets")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="methods to run: finetune, <reg> or dtnh_<reg>[@<rule>], with <reg> in l2sp, "
                         f"knowdist, delta and <rule> in {', '.join(CANDIDATES)} (default: "
                         f"{' '.join(DEFAULT_METHODS)}); e.g. {' '.join(METHODS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
     p.add_argument("--per-class", type=int, default=d.per_class, help=f"target images per class (default: {d.per_class})")
-    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS,
-                   help=f"fine-tuning steps (default: {DEMO_ITERATIONS})")
+    p.add_argument("--iterations", type=int,
+                   help=f"fine-tuning steps (default: hurts {DEMO_ITERATIONS}, helps 100)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     p.add_argument("--image-size", type=int, default=d.image_size, help=f"input size (default: {d.image_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD-momentum learning rate, x0.1 after "
@@ -69,13 +83,19 @@ def parse_args(argv=None):
     p.add_argument("--lam", type=float, help="regularization coefficient for every method (default: "
                    + ", ".join(f"{k} {DEMO_LAM.get(k, v)}" for k, v in d.lam.items()) + "; L2-SP at 10 hurts here)")
     p.add_argument("--lam-decay", type=float, default=d.lam_decay, help="lam ratio per epoch (default: 1.0)")
-    p.add_argument("--source-epochs", type=int, default=1, help="source pretraining epochs (default: 1)")
-    p.add_argument("--source-images", type=int, default=4000, help="source pretraining images (default: 4000)")
+    p.add_argument("--source-epochs", type=int, help="source pretraining epochs (default: hurts 1, helps 4)")
+    p.add_argument("--source-images", type=int, help="source pretraining images (default: hurts 4000, helps 30000)")
+    p.add_argument("--holdout-per-class", type=int, default=2,
+                   help="target images per class held out for the holdout rules, taken out of --per-class "
+                        "(default: 2)")
     p.add_argument("--device", default="cpu", help="cpu or gpu (needs Paddle's GPU build) (default: cpu)")
     p.add_argument("--output", default="output/transfer", help="output folder (default: output/transfer)")
     p.add_argument("--cache", default=os.path.join("output", "sources"), help="where pretrained sources are cached")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    for name, value in SCENARIOS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("per_class", "iterations", "batch_size", "image_size", "source_epochs", "source_images"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -92,7 +112,8 @@ def config_from(args):
     from lab import RunConfig
 
     cfg = RunConfig(arch=args.arch, iterations=args.iterations, batch_size=args.batch_size, per_class=args.per_class,
-                    image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay)
+                    image_size=args.image_size, lr=args.lr, lam_decay=args.lam_decay,
+                    holdout_per_class=args.holdout_per_class, holdout_source="budget")
     cfg.lam.update(DEMO_LAM)
     if args.lam is not None:
         cfg.lam = {k: args.lam for k in cfg.lam}

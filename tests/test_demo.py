@@ -155,3 +155,18 @@ def test_a_checkpointed_run_resumes_to_the_same_result(tiny_source, tmp_path, mo
     assert resumed["curve"] == straight["curve"]
     assert resumed["diagnostics"] == straight["diagnostics"]
     assert not os.path.exists(ckpt)  # removed once the run is complete
+
+
+def test_the_scenarios_set_defaults_the_options_override():
+    sys.path.insert(0, str(ROOT / "demo"))
+    try:
+        import transfer
+    finally:
+        sys.path.remove(str(ROOT / "demo"))
+    helps = transfer.parse_args(["--scenario", "helps"])
+    assert (helps.source, helps.target, helps.source_epochs, helps.source_images, helps.iterations) == (
+        "fashion-mnist-a", "fashion-mnist-a", 4, 30000, 100)
+    assert "dtnh_l2sp@never_hurt" in helps.methods
+    hurts = transfer.parse_args(["--iterations", "7"])
+    assert (hurts.source, hurts.target, hurts.iterations, hurts.methods) == (
+        "mnist5k", "digits", 7, transfer.DEFAULT_METHODS)

@@ -6,7 +6,9 @@ import re
 
 import paddle
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PADDLEHUB_DOC = ROOT / "docs" / "paddlehub.md"
 
 
 def quickstart_code():
@@ -34,9 +36,9 @@ def test_quickstart_runs(monkeypatch):
     assert float(scope["reg"]()) > 0  # the weights moved away from the source
 
 
-def readme_block(heading_text):
-    """The first python block after ``heading_text`` in the README."""
-    section = README.read_text(encoding="utf-8").split(heading_text, 1)[1]
+def readme_block(heading_text, document=PADDLEHUB_DOC):
+    """The first python block after ``heading_text`` in ``document``."""
+    section = document.read_text(encoding="utf-8").split(heading_text, 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -76,3 +78,12 @@ def test_hub_trainer_recipe_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "ckpt" / "epoch_10" / "model.pdparams").exists()
     assert list((tmp_path / "ckpt" / "visualization" / "dtnh").glob("vdlrecords.*"))
     assert module.predict([np.zeros((20, 20, 3), np.uint8)], top_k=2)[0].keys() == {"cat", "dog"}
+    assert list((tmp_path / "infer").glob("resnet18_vd_dtnh.pdiparams"))  # the recipe's last step
+
+
+def test_the_readme_is_a_product_page_of_at_most_300_lines():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300, len(lines)
+    for doc in ("rules.md", "evidence.md", "performance.md", "reliability.md", "paddlehub.md", "api.md"):
+        assert f"docs/{doc}" in README.read_text(encoding="utf-8"), doc
+        assert (ROOT / "docs" / doc).is_file()
