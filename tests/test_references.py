@@ -11,6 +11,7 @@ import pytest
 from paddle_dtnh import DTNH, Rule
 from paddle_dtnh.references import HoldoutReference, MovingAverage, frozen_batch_norm, make_reference
 from tests.test_contract import build, flat, pair
+from tests.helpers import dtnh_step
 from tests.test_gpu_readiness import watch
 
 
@@ -54,14 +55,7 @@ def test_layer_drop_against_the_held_out_gradient_by_hand(kind, mode, float64):
         for j, o, ri in zip(gj, go, r)])
     assert any(o is not None and float(paddle.sum(ri * o)) < 0 for o, ri in zip(go, r))  # a drop happens
     before = flat(params, params)
-    out, omega = reg.run(x)
-    loss = F.cross_entropy(out, y)
-    if mode == "explicit":
-        opt.update(loss, omega)
-    else:
-        opt.regularize(omega)
-        loss.backward()
-        opt.step()
+    dtnh_step(opt, x, y, mode)
     np.testing.assert_allclose(before - flat(params, params), expected, rtol=1e-7, atol=1e-9)
 
 
@@ -165,14 +159,6 @@ def test_a_holdout_step_makes_one_host_round_trip(mode, every):
     for step in range(2):
         x, y = batch(step)
         with watch() as seen:
-            out, omega = reg.run(x)
-            loss = F.cross_entropy(out, y)
-            if mode == "explicit":
-                opt.update(loss, omega)
-            else:
-                opt.regularize(omega)
-                loss.backward()
-                opt.step()
-                opt.clear_grad()
+            dtnh_step(opt, x, y, mode)
         assert seen["round_trips"] == ["__bool__"], seen["round_trips"]
         assert not seen["placeless"] and seen["to_tensor"] == 0
