@@ -155,24 +155,6 @@ def test_no_change_without_conflict(vs, lam):
     np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]), gj + lam * go, atol=1e-12)
 
 
-@settings(max_examples=100, deadline=None)
-@given(vectors, st.floats(0.01, 10.0), st.sampled_from(["global", "layer"]))
-def test_projecting_twice_changes_nothing(vs, lam, granularity):
-    """Projecting the already-projected regularizer direction again is a no-op
-    (where ||gJ_b||^2 is 0 or above the eps floor, which caps the projection)."""
-    j1, j2, o1, o2 = vs
-    blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
-    assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
-    task = _split(j1, j2)
-    d, _ = direction(task, _split(o1, o2), lam=lam, granularity=granularity)
-    # recover gO_y from d = gJ + lam * gO_y, then project it once more
-    reg_y = [(di - ti) / lam for di, ti in zip(d, task)]
-    d2, _ = direction(task, reg_y, lam=lam, granularity=granularity)
-    scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
-    for a, b in zip(d, d2):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
-
-
 @settings(max_examples=60, deadline=None)
 @given(vectors, lams)
 def test_global_equals_layer_for_a_single_tensor(vs, lam):
@@ -180,19 +162,6 @@ def test_global_equals_layer_for_a_single_tensor(vs, lam):
     g, _ = direction([T(j1)], [T(o1)], lam=lam, granularity="global")
     l, _ = direction([T(j1)], [T(o1)], lam=lam, granularity="layer")
     np.testing.assert_allclose(g[0].numpy(), l[0].numpy(), atol=1e-12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(vectors, lams, st.sampled_from(["global", "layer"]), st.booleans())
-def test_inplace_equals_out_of_place(vs, lam, granularity, project):
-    j1, j2, o1, o2 = vs
-    task, reg = _split(j1, j2), [None, T(o2)]
-    expected, _ = direction(_split(j1, j2), [None, T(o2)], lam=lam,
-                                 granularity=granularity, project=project)
-    got, _ = direction(task, reg, lam=lam, granularity=granularity, project=project, inplace=True)
-    for e, g in zip(expected, got):
-        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
-    assert got[0] is task[0]  # written into the task gradient
 
 
 @settings(max_examples=100, deadline=None)
@@ -327,16 +296,19 @@ def test_every_rule_is_idempotent(vs, lam, grid):
 
 
 @settings(max_examples=60, deadline=None)
-@given(vectors, lams, st.sampled_from(RULE_GRID), st.booleans())
+@given(vectors, lams, st.sampled_from(RULE_GRID + [("global", "ignore"), ("layer", "ignore")]), st.booleans())
 def test_every_rule_inplace_equals_out_of_place(vs, lam, grid, batch_ref):
+    """The vanilla step ("ignore") included; the result is written into the task gradient."""
     granularity, rule = grid
     j1, j2, o1, o2 = vs
     ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
     kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
     expected, _ = direction(_split(j1, j2), [None, T(o2)], **kw)
-    got, _ = direction(_split(j1, j2), [None, T(o2)], inplace=True, **kw)
+    task = _split(j1, j2)
+    got, _ = direction(task, [None, T(o2)], inplace=True, **kw)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-12, atol=1e-12)
+    assert got[0] is task[0]
 
 
 @pytest.mark.parametrize("granularity, rule", RULE_GRID)
