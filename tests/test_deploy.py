@@ -53,3 +53,19 @@ def test_a_paddle_vision_target_exports_with_an_input_spec(tmp_path):
     model.eval()
     with paddle.no_grad():
         np.testing.assert_allclose(out, model(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_hub_trainer_with_a_held_out_reference(module_dir, tmp_path):  # noqa: F811
+    from paddle_dtnh.integrations.hub import held_out_loss
+
+    with paddle.utils.unique_name.guard():
+        module = hub.Module(directory=module_dir, label_list=["a", "b", "c"])
+        source = load_source(module_dir, num_classes=3).source
+    calls = []
+    loss = held_out_loss(module, TinyImages(3, seed=9))
+    opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=module.parameters()),
+               KnowDist(module, source, head=["out"]), lam=0.1, preset="paper", granularity="layer",
+               on_conflict="drop", reference="holdout", holdout=lambda: calls.append(1) or loss(), holdout_every=2)
+    hub.Trainer(TransferTask(module, opt), opt, checkpoint_dir=str(tmp_path / "c")).train(
+        TinyImages(8), epochs=1, batch_size=2, save_interval=1)
+    assert opt.num_steps == 4 and len(calls) == 2  # refreshed at steps 1 and 3

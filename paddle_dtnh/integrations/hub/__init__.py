@@ -5,7 +5,7 @@ import os
 
 from ...models.resnet_vd import WEIGHTS_FILE, LoadReport, ResNet18VD, legacy_names, load_resnet18_vd_weights
 from .sources import PretrainedSource, load_source
-from .task import TransferTask
+from .task import TransferTask, held_out_loss
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 
 #: directory of the shipped PaddleHub module ``resnet18_vd_dtnh``, for
@@ -22,6 +22,7 @@ __all__ = [
     "PretrainedSource",
     "ResNet18VD",
     "TransferTask",
+    "held_out_loss",
     "legacy_names",
     "load_resnet18_vd_weights",
     "load_source",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from ...optimizer import DTNH
 
-__all__ = ["TransferTask"]
+__all__ = ["TransferTask", "held_out_loss"]
 
 
 def _logits(output):
@@ -124,3 +125,44 @@ class TransferTask(paddle.nn.Layer):
     def validation_step(self, batch, batch_idx):
         loss, acc = self._step(batch)
         return {"loss": loss, "metrics": {"acc": acc}}
+
+
+def held_out_loss(model: paddle.nn.Layer, dataset, *, batch_size: int = 64):
+    """A zero-argument callable for ``DTNH(..., reference="holdout", holdout=...)``:
+    the mean cross-entropy of ``model`` on every item of ``dataset`` (items
+    ``(image, label)``, as hub.Trainer and paddle.Model take them), read once.
+
+    Args:
+        model (paddle.nn.Layer): the target being trained (PaddleHub classifiers'
+            ``(logits, feature)`` outputs are understood).
+        dataset (paddle.io.Dataset): held-out target images the loop never trains on.
+        batch_size (int, optional): items per forward; the loss is their mean
+            over the whole set. Default: 64.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import numpy as np
+            >>> import paddle
+            >>> from paddle_dtnh.integrations.hub import held_out_loss
+            >>> net = paddle.nn.Linear(4, 3)
+            >>> data = paddle.io.TensorDataset([paddle.randn([5, 4]), paddle.to_tensor(np.arange(5) % 3)])
+            >>> loss = held_out_loss(net, data)
+            >>> list(loss().shape), loss().stop_gradient
+            ([], False)
+    """
+    if len(dataset) == 0:
+        raise ValueError("The held-out dataset is empty: give it the target images the loop never trains on.")
+    items = [dataset[i] for i in range(len(dataset))]
+    images = paddle.stack([paddle.to_tensor(item[0]) for item in items])
+    labels = paddle.to_tensor(np.asarray([np.asarray(item[1]).reshape(-1)[0] for item in items], dtype="int64"))
+
+    def loss():
+        total = None
+        for lo in range(0, images.shape[0], batch_size):
+            part = F.cross_entropy(_logits(model(images[lo:lo + batch_size])), labels[lo:lo + batch_size],
+                                   reduction="sum")
+            total = part if total is None else total + part
+        return total / images.shape[0]
+
+    return loss
