@@ -109,6 +109,15 @@ def _stats(values):
     return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, sem
 
 
+def variant(run) -> str:
+    """A run's method, with its held-out protocol where its rule has one."""
+    cfg = run.get("config", {})
+    if "holdout" not in run["method"] or not cfg.get("holdout_per_class"):
+        return run["method"]
+    return (f"{run['method']} [{cfg['holdout_source']} {cfg['holdout_per_class']}/class, "
+            f"every {cfg['holdout_every']}]")
+
+
 def report(runs, args) -> str:
     """Markdown: per pair, regularizer and lam, every method's accuracy and its
     paired difference against vanilla; the goals' shares; the diagnostics."""
@@ -116,7 +125,7 @@ def report(runs, args) -> str:
 
     by = {}
     for r in runs:
-        by.setdefault((r["pair"], r["method"], r["lam"]), {})[r["seed"]] = r
+        by.setdefault((r["pair"], variant(r), r["lam"]), {})[r["seed"]] = r
     lines = []
     for pair in args.pairs:
         finetune = by.get((pair, "finetune", None), {})
@@ -124,7 +133,9 @@ def report(runs, args) -> str:
         ft_text = f"{_stats(ft_acc)[0]:.2f} ± {_stats(ft_acc)[1]:.2f} (n={len(ft_acc)})" if ft_acc else "-"
         for reg in args.regularizers:
             lams = args.lams or DEFAULT_LAMS[reg]
-            methods = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
+            named = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
+            methods = sorted({m for (p, m, _) in by if p == pair and m.split(" [")[0] in named},
+                             key=lambda m: (named.index(m.split(" [")[0]), m))
             if not any((pair, m, lam) in by for m in methods for lam in lams):
                 continue  # this pair was not run with this regularizer
             lines += [f"\n**{pair.replace(':', ' -> ')}, {reg}** (fine-tuning: {ft_text})\n",
@@ -150,7 +161,7 @@ def report(runs, args) -> str:
                         f"| {diag('conflict_rate', lambda v: f'{100 * v:.0f}%')} "
                         f"| {diag('mean_reg_removed', lambda v: f'{100 * v:.1f}%')} "
                         f"| {diag('mean_angle1', lambda v: f'{v:.1f}')} / {diag('mean_angle3', lambda v: f'{v:.1f}')} "
-                        f"| {diag('source_distance', lambda v: f'{v:.2f}')} |")
+                        f"| {diag('distance_to_source', lambda v: f'{v:.2f}')} |")
     return "\n".join(lines)
 
 
@@ -168,17 +179,19 @@ def plot(runs, args, output) -> list:
             if not any(r["pair"] == pair and r["regularizer"] == reg for r in runs):
                 continue
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for method in [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]:
+            named = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
+            for method in sorted({variant(r) for r in runs if r["pair"] == pair and r["method"] in named},
+                                 key=lambda m: (named.index(m.split(" [")[0]), m)):
                 xs, means, stds = [], [], []
                 for lam in sorted(lams):
                     acc = [100 * r["test_accuracy"] for r in runs
-                           if r["pair"] == pair and r["method"] == method and r["lam"] == lam]
+                           if r["pair"] == pair and variant(r) == method and r["lam"] == lam]
                     if acc:
                         xs.append(lam)
                         means.append(np.mean(acc))
                         stds.append(np.std(acc))
                 if xs:
-                    label = "vanilla" if method == reg else method.split("@")[1]
+                    label = "vanilla" if method == reg else method.split("@", 1)[1]
                     ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
             if ft:
                 ax.axhline(np.mean(ft), color="gray", linestyle="--", label="fine-tuning")
@@ -241,6 +254,9 @@ def main(argv=None):
         print(f"[{i}/{len(todo)}] {pair} {method} lam={lam} seed {seed}: {100 * result['test_accuracy']:.2f}% "
               f"({result['seconds']:.0f} s; about {eta / 60:.0f} min left)", flush=True)
     runs = [store.runs[key] for _, key in keyed if key in store.runs]
+    if args.report_only:  # every finished run of these pairs and regularizers, whatever its protocol
+        runs = [r for r in store.runs.values() if r["pair"] in args.pairs
+                and r["regularizer"] in args.regularizers + ["l2"]]
     table = report(runs, args)
     figures = plot(runs, args, args.output)
     with open(os.path.join(args.output, "table.md"), "w") as f:

@@ -257,7 +257,7 @@ def run_transfer(
         "test_accuracy": curve["test_accuracy"][-1],
         "test_loss": curve["test_loss"][-1],
         "skipped_steps": opt.skipped_steps,
-        "source_distance": source_distance(model, source),
+        "distance_to_source": source_distance(model, source),
         "curve": curve,
         "diagnostics": {"step": recorder.steps, **recorder.values},
         "seconds": time.time() - start,
@@ -308,14 +308,16 @@ def _cross_folds(labels, per_class, seed) -> _Folds:
 
 
 def source_distance(model, source) -> float:
-    """||w_S - w_S0|| over the parameters the target shares with the source
-    (the new head excluded, whatever its shape)."""
+    """||w_S - w_S0|| over the trainable parameters the target shares with
+    the source (the new head excluded, whatever its shape; BatchNorm's
+    running statistics, parameters with stop_gradient in Paddle, too)."""
     own, theirs = dict(model.named_parameters()), dict(source.named_parameters())
     head = head_of(model)
     total = 0.0
     for name, p in own.items():
         s = theirs.get(name)
-        if s is not None and list(s.shape) == list(p.shape) and not (name == head or name.startswith(head + ".")):
+        if s is not None and not p.stop_gradient and list(s.shape) == list(p.shape) \
+                and not (name == head or name.startswith(head + ".")):
             total += float(((p - s) ** 2).sum())
     return math.sqrt(total)
 
