@@ -60,6 +60,8 @@ class StructuredState:
             >>> from paddle_dtnh._optim_state import StructuredState
             >>> net = paddle.nn.Linear(2, 2)
             >>> opt = paddle.optimizer.Momentum(0.1, parameters=net.parameters())
+            >>> (net(paddle.ones([1, 2])) ** 2).sum().backward()
+            >>> opt.step()  # the velocities exist from the first step on
             >>> state = StructuredState(opt, net.parameters(), ["weight", "bias"]).state()
             >>> sorted(state["accumulators"])
             ['bias', 'weight']

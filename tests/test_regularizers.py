@@ -2,6 +2,8 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_dtnh.io import files
+
 from paddle_dtnh.regularizers import (
     L1SP,
     L2,
@@ -302,5 +304,8 @@ def test_fisher_save_load_round_trip(tmp_path, float64):
     b = L2SPFisher(target, source, fisher=path, alpha=1.0, beta=0.1, head=["head"])
     assert float(a()) == float(b()) > 0
     paddle.save({"weight": paddle.ones([2])}, str(tmp_path / "other.pdparams"))
+    with pytest.raises(ValueError, match="carries no digest record"):
+        load_fisher(str(tmp_path / "other.pdparams"))
+    files.save({"weight": paddle.ones([2])}, str(tmp_path / "other.pdparams"))
     with pytest.raises(ValueError, match="not a Fisher file"):
         load_fisher(str(tmp_path / "other.pdparams"))
