@@ -118,6 +118,16 @@ def variant(run) -> str:
             f"every {cfg['holdout_every']}]")
 
 
+def pair_label(run) -> str:
+    """A run's pair, with its source's pretraining where it was not the first
+    sweep's (runs stored before the field existed had the class-split
+    Fashion-MNIST sources, always pretrained 4 epochs on 30000 images)."""
+    epochs, images = run.get("source_epochs"), run.get("source_images")
+    if epochs is None:
+        epochs, images = (4, 30000) if run["pair"].startswith("fashion-mnist-") else (1, 4000)
+    return run["pair"] if (epochs, images) == (1, 4000) else f"{run['pair']} (source: {epochs} epochs of {images})"
+
+
 def report(runs, args) -> str:
     """Markdown: per pair, regularizer and lam, every method's accuracy and its
     paired difference against vanilla; the goals' shares; the diagnostics."""
@@ -125,9 +135,9 @@ def report(runs, args) -> str:
 
     by = {}
     for r in runs:
-        by.setdefault((r["pair"], variant(r), r["lam"]), {})[r["seed"]] = r
+        by.setdefault((pair_label(r), variant(r), r["lam"]), {})[r["seed"]] = r
     lines = []
-    for pair in args.pairs:
+    for pair in sorted({pair_label(r) for r in runs}):
         finetune = by.get((pair, "finetune", None), {})
         ft_acc = [100 * r["test_accuracy"] for r in finetune.values()]
         ft_text = f"{_stats(ft_acc)[0]:.2f} ± {_stats(ft_acc)[1]:.2f} (n={len(ft_acc)})" if ft_acc else "-"
@@ -138,7 +148,7 @@ def report(runs, args) -> str:
                              key=lambda m: (named.index(m.split(" [")[0]), m))
             if not any((pair, m, lam) in by for m in methods for lam in lams):
                 continue  # this pair was not run with this regularizer
-            lines += [f"\n**{pair.replace(':', ' -> ')}, {reg}** (fine-tuning: {ft_text})\n",
+            lines += [f"\n**{pair.replace(':', ' -> ', 1)}, {reg}** (fine-tuning: {ft_text})\n",
                       "| lam | method | accuracy (%) | vs vanilla, paired (points, mean ± SE) | goal | "
                       "conflicting steps | gO removed | Angle 1 / Angle 3 (deg) | distance to source |",
                       "|---|---|---|---|---|---|---|---|---|"]
@@ -172,20 +182,20 @@ def plot(runs, args, output) -> list:
     import matplotlib.pyplot as plt
 
     written = []
-    for pair in args.pairs:
-        ft = [100 * r["test_accuracy"] for r in runs if r["pair"] == pair and r["method"] == "finetune"]
+    for pair in sorted({pair_label(r) for r in runs}):
+        ft = [100 * r["test_accuracy"] for r in runs if pair_label(r) == pair and r["method"] == "finetune"]
         for reg in args.regularizers:
             lams = args.lams or DEFAULT_LAMS[reg]
-            if not any(r["pair"] == pair and r["regularizer"] == reg for r in runs):
+            if not any(pair_label(r) == pair and r["regularizer"] == reg for r in runs):
                 continue
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
             named = [reg] + [f"dtnh_{reg}@{rule}" for rule in args.rules]
-            for method in sorted({variant(r) for r in runs if r["pair"] == pair and r["method"] in named},
+            for method in sorted({variant(r) for r in runs if pair_label(r) == pair and r["method"] in named},
                                  key=lambda m: (named.index(m.split(" [")[0]), m)):
                 xs, means, stds = [], [], []
                 for lam in sorted(lams):
                     acc = [100 * r["test_accuracy"] for r in runs
-                           if r["pair"] == pair and variant(r) == method and r["lam"] == lam]
+                           if pair_label(r) == pair and variant(r) == method and r["lam"] == lam]
                     if acc:
                         xs.append(lam)
                         means.append(np.mean(acc))
@@ -196,9 +206,10 @@ def plot(runs, args, output) -> list:
             if ft:
                 ax.axhline(np.mean(ft), color="gray", linestyle="--", label="fine-tuning")
             ax.set_xscale("log")
-            ax.set(xlabel="lam", ylabel="test accuracy (%)", title=f"{reg}: {pair.replace(':', ' -> ')}")
+            ax.set(xlabel="lam", ylabel="test accuracy (%)", title=f"{reg}: {pair.replace(':', ' -> ', 1)}")
             ax.legend(fontsize=8)
-            path = os.path.join(output, f"lam_sweep_{reg}_{pair.replace(':', '_to_')}.png")
+            slug = pair.split(" ")[0].replace(":", "_to_") + ("_strong" if " (source" in pair else "")
+            path = os.path.join(output, f"lam_sweep_{reg}_{slug}.png")
             fig.tight_layout()
             fig.savefig(path, dpi=110)
             plt.close(fig)
@@ -248,7 +259,8 @@ def main(argv=None):
                               progress=not args.no_progress)
         diagnostics = result.pop("diagnostics")
         result.pop("curve")
-        result.update(key=key, pair=pair, regularizer=reg, lam=lam, **summarize_diagnostics(diagnostics))
+        result.update(key=key, pair=pair, regularizer=reg, lam=lam, source_epochs=args.source_epochs,
+                      source_images=args.source_images, **summarize_diagnostics(diagnostics))
         store.add(result)
         eta = (time.time() - started) / i * (len(todo) - i)
         print(f"[{i}/{len(todo)}] {pair} {method} lam={lam} seed {seed}: {100 * result['test_accuracy']:.2f}% "
