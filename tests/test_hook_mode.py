@@ -338,3 +338,28 @@ def test_paddle_model_with_amp_configs_trains_through_transfer_task():
     (x, y), = data(1)
     hapi.fit(paddle.io.TensorDataset([x, y.reshape([-1, 1])]), epochs=1, batch_size=4, verbose=0)
     assert opt.num_steps == 1
+
+
+@pytest.mark.parametrize("mode", ["explicit", "hook"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_auto_cast_around_the_forward_in_both_loops(mode, dtype):
+    """Run on CPU, where Paddle turns auto_cast off (a warning says so): the
+    loops accept it and step exactly as without it. On a GPU the forward runs
+    in half precision and DTNH combines the gradients in float32 (tested above
+    on cast tensors); that combination was not run here."""
+    batch = data(1)[0]
+    expected = reference_step("KnowDist", batch)
+    model, reg, opt = setup("KnowDist", lr=0.5)
+    x, y = batch
+    with pytest.warns(UserWarning, match="can only be enabled on CUDAPlace"):
+        with paddle.amp.auto_cast(dtype=dtype, level="O1"):
+            out, omega = reg.run(x)
+            loss = F.cross_entropy(out, y)
+    if mode == "explicit":
+        opt.update(loss, omega)
+    else:
+        opt.regularize(omega)
+        loss.backward()
+        opt.step()
+    for a, b in zip(weights(model), expected):
+        np.testing.assert_array_equal(a, b)
