@@ -42,6 +42,13 @@ def unchanged(model, before, opt):
     assert opt.num_steps == 0 and opt.skipped_steps == 0
 
 
+def assert_step_refused(model, before, opt, match):
+    """step() raises RuntimeError matching ``match`` and changes nothing."""
+    with pytest.raises(RuntimeError, match=match):
+        opt.step()
+    unchanged(model, before, opt)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_accumulated_micro_batches_give_the_direction_of_the_sums(kind, float64):
     model, reg, opt = setup(kind)
@@ -110,9 +117,7 @@ def test_two_forwards_and_one_backward_is_refused():
     out2, omega2 = reg.run(x2)
     opt.regularize(omega2)
     F.cross_entropy(out1, y1).backward()
-    with pytest.raises(RuntimeError, match="1 of 2 regularize\\(\\) call\\(s\\).*never ran"):
-        opt.step()
-    unchanged(model, before, opt)
+    assert_step_refused(model, before, opt, "1 of 2 regularize\\(\\) call\\(s\\).*never ran")
 
 
 def test_a_stale_regularize_is_refused():
@@ -122,9 +127,7 @@ def test_a_stale_regularize_is_refused():
     _, omega = reg.run(x1)  # an evaluation pass in train mode, say
     opt.regularize(omega)
     F.cross_entropy(model(x2), y2).backward()  # a forward and backward without regularize
-    with pytest.raises(RuntimeError, match="never ran"):
-        opt.step()
-    unchanged(model, before, opt)
+    assert_step_refused(model, before, opt, "never ran")
     opt.clear_grad()
     # the bookkeeping is clean again: the next proper step works
     out, omega = reg.run(x2)
@@ -141,9 +144,7 @@ def test_regularize_then_step_without_backward_is_refused(kind):
     x, _ = data(1)[0]
     _, omega = reg.run(x)
     opt.regularize(omega)
-    with pytest.raises(RuntimeError, match="never ran|regularize\\(\\) ran 1 time\\(s\\) but loss.backward\\(\\) 0"):
-        opt.step()
-    unchanged(model, before, opt)
+    assert_step_refused(model, before, opt, "never ran|regularize\\(\\) ran 1 time\\(s\\) but loss.backward\\(\\) 0")
 
 
 def test_a_backward_without_regularize_among_micro_batches_is_refused():
@@ -154,17 +155,13 @@ def test_a_backward_without_regularize_among_micro_batches_is_refused():
     opt.regularize(omega)
     F.cross_entropy(out, y1).backward()
     F.cross_entropy(model(x2), y2).backward()
-    with pytest.raises(RuntimeError, match="regularize\\(\\) ran 1 time\\(s\\) but loss.backward\\(\\) 2"):
-        opt.step()
-    unchanged(model, before, opt)
+    assert_step_refused(model, before, opt, "regularize\\(\\) ran 1 time\\(s\\) but loss.backward\\(\\) 2")
 
 
 def test_step_with_no_backward_at_all_is_refused():
     model, reg, opt = setup("L2SP")
     before = weights(model)
-    with pytest.raises(RuntimeError, match="found no loss.backward"):
-        opt.step()
-    unchanged(model, before, opt)
+    assert_step_refused(model, before, opt, "found no loss.backward")
 
 
 @pytest.mark.parametrize("kind", KINDS)
