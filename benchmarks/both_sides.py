@@ -29,6 +29,8 @@ def main(argv=None):
     p.add_argument("--store", required=True, help="a runs.jsonl written by benchmarks/lam_sweep.py")
     p.add_argument("--regularizer", default="l2sp")
     p.add_argument("--lam", type=float, default=10.0)
+    p.add_argument("--skip", nargs="*", default=[], metavar="VARIANT",
+                   help="rule columns to leave out, as printed in the header (e.g. a protocol with few runs)")
     args = p.parse_args(argv)
     reg = args.regularizer
     cells = {}
@@ -36,7 +38,8 @@ def main(argv=None):
         if r["method"] == "finetune" or (r["regularizer"] == reg and r["lam"] == args.lam):
             cells.setdefault(pair_label(r), {}).setdefault(variant(r), {})[r["seed"]] = r
     rules = sorted({m for by in cells.values() for m in by if m.startswith(f"dtnh_{reg}@")
-                    and m not in (f"dtnh_{reg}@paper", f"dtnh_{reg}@never_hurt")})
+                    and m not in (f"dtnh_{reg}@paper", f"dtnh_{reg}@never_hurt")
+                    and m.split("@", 1)[1] not in args.skip})
     columns = [c.format(reg=reg) for c in COLUMNS] + rules
     names = [COLUMNS.get(c.replace(reg, "{reg}"), c.split("@", 1)[-1]) for c in columns]
     print("| pair | " + " | ".join(names) + " |")
