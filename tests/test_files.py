@@ -171,3 +171,10 @@ def test_an_update_with_everything_frozen_is_named():
         opt.update((net(paddle.ones([1, 3])) ** 2).sum())
     with pytest.raises(ValueError, match="Every parameter of the optimizer is frozen"):
         opt.step()
+
+
+def test_a_weights_file_that_is_no_state_dict_is_a_checkpoint_error(tmp_path):
+    path = str(tmp_path / "list.pdparams")
+    files.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
+        files.read_state_dict(path)

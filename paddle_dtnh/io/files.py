@@ -369,11 +369,12 @@ def read_state_dict(source, *, what: str = "source weights", trusted: bool = Fal
     if isinstance(source, paddle.nn.Layer):
         return dict(source.state_dict())
     if isinstance(source, (str, os.PathLike)):
-        source = load(source, what=what, trusted=trusted)
+        path, source = source, load(source, what=what, trusted=trusted)
         if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
             source = source[0]
         if not isinstance(source, Mapping):
-            raise TypeError(f"The {what} file holds a {type(source).__name__}, not a state dict.")
+            raise CheckpointError(f"The {what} file {os.fspath(path)} holds a {type(source).__name__}, "
+                                  "not a state dict.")
     if not isinstance(source, Mapping):
         raise TypeError(
             f"The {what} must be a paddle.nn.Layer, a state dict (name -> Tensor) or "
