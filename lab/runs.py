@@ -91,7 +91,8 @@ def split_holdout(labels: np.ndarray, chosen: np.ndarray, per_class: int, seed: 
     for c in np.unique(labels[chosen]):
         mine = rng.permutation(chosen[labels[chosen] == c])
         if len(mine) <= per_class:
-            raise ValueError(f"Class {c} has {len(mine)} images: too few to hold {per_class} out and train on the rest.")
+            raise ValueError(f"Class {c} has {len(mine)} images: too few to hold {per_class} out "
+                             "and train on the rest.")
         held.extend(mine[:per_class])
         kept.extend(mine[per_class:])
     return np.sort(np.asarray(kept)), np.sort(np.asarray(held))

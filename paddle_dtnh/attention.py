@@ -109,8 +109,8 @@ class AttentionWeights:
         """Read a file written by :meth:`save` (no code runs: see
         :func:`paddle_dtnh.io.files.load`); with ``source`` and/or ``layers``,
         reject a file computed for another source network or layer set."""
-        blob = files.check_format(files.load(path, what="attention file", trusted=trusted, require_digest=not trusted),
-                                  _FORMAT, path, "attention file")
+        raw = files.load(path, what="attention file", trusted=trusted, require_digest=not trusted)
+        blob = files.check_format(raw, _FORMAT, path, "attention file")
         found = cls(blob["weights"], blob["gaps"], blob["source_key"], blob["normalization"],
                     blob.get("meta", {}))
         if layers is not None and list(layers) != found.layers:

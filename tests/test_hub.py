@@ -10,7 +10,8 @@ from visualdl import LogReader
 
 from paddle_dtnh import DTNH
 from paddle_dtnh.integrations.hapi import DTNHCallback
-from paddle_dtnh.integrations.hub import MODULE_DIR, WEIGHTS_FILE, ResNet18VD, TransferTask, legacy_names, load_resnet18_vd_weights, load_source
+from paddle_dtnh.integrations.hub import (MODULE_DIR, WEIGHTS_FILE, ResNet18VD, TransferTask, legacy_names,
+                                          load_resnet18_vd_weights, load_source)
 from paddle_dtnh.regularizers import L2SP, KnowDist
 from paddle_dtnh.integrations.visualdl import TAGS, DTNHLogger
 
