@@ -638,7 +638,8 @@ class DTNH:
             self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
             return
         ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
-        saved_config = {"rule" if k == "on_conflict" else k: v for k, v in ours.items()}
+        # 0.1 saved the on_conflict choice as "rule"
+        saved_config = {"on_conflict" if k == "rule" else k: v for k, v in ours.items()}
         changed = [f"{k}: saved {saved_config[k]!r}, now {v!r}" for k, v in self._config().items()
                    if k in saved_config and saved_config[k] != v]
         if changed:

@@ -478,3 +478,14 @@ def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
 def test_perturbed_pair_has_a_nonzero_regularizer():
     source, net = perturbed_pair()
     assert float(L2SP(net, source, alpha=1.0, beta=0.0, head=["4"])()) > 1e-4
+
+
+def test_resuming_with_another_rule_warns_and_names_the_option():
+    _, net = perturbed_pair()
+    sgd = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
+    saved = DTNH(sgd(), lam=1.0, on_conflict="drop").state_dict()
+    with pytest.warns(UserWarning, match="on_conflict: saved 'drop', now 'project'"):
+        DTNH(sgd(), lam=1.0).set_state_dict(saved)
+    saved["dtnh"]["rule"] = saved["dtnh"].pop("on_conflict")  # as 0.1 named it
+    with pytest.warns(UserWarning, match="on_conflict: saved 'drop', now 'project'"):
+        DTNH(sgd(), lam=1.0).set_state_dict(saved)
