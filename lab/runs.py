@@ -23,6 +23,7 @@ from paddle_dtnh.distributed import rank, world_size
 from paddle_dtnh.io import files
 from paddle_dtnh.io.checkpoint import load_checkpoint, save_checkpoint
 from paddle_dtnh.models.architectures import ARCHITECTURES, head_of, target_from
+from paddle_dtnh.regularizers import match_source
 
 from .methods import build_regularizer, method_spec
 from .sources import augment, evaluate, progress_bar
@@ -100,21 +101,19 @@ def split_holdout(labels: np.ndarray, chosen: np.ndarray, per_class: int, seed: 
 
 def _holdout_images(target, cfg, seed, needs_holdout):
     """(train indices, held-out indices or None) of the target's train split."""
+    train = few_shot_indices(target.train.labels, cfg.per_class, seed)  # every method's training set
     if not needs_holdout:
-        return few_shot_indices(target.train.labels, cfg.per_class, seed), None
+        return train, None
     if cfg.holdout_per_class <= 0:
         raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
     if cfg.holdout_source not in HOLDOUT_SOURCES:
         raise ValueError(f"Invalid holdout_source {cfg.holdout_source!r}; expected one of {HOLDOUT_SOURCES}.")
-    if cfg.holdout_source == "extra":
-        # the training set exactly as every other method's, the extra images from the rest
-        train = few_shot_indices(target.train.labels, cfg.per_class, seed)
+    if cfg.holdout_source == "extra":  # the extra images from the rest of the split
         rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
-        extra = few_shot_indices(target.train.labels[rest], cfg.holdout_per_class, seed + 1)
-        return train, rest[extra]
-    train = few_shot_indices(target.train.labels, cfg.per_class, seed)
-    return split_holdout(target.train.labels, train, cfg.holdout_per_class, seed) if cfg.holdout_source == "budget" \
-        else (train, None)
+        return train, rest[few_shot_indices(target.train.labels[rest], cfg.holdout_per_class, seed + 1)]
+    if cfg.holdout_source == "budget":
+        return split_holdout(target.train.labels, train, cfg.holdout_per_class, seed)
+    return train, None  # cross: the folds are cut from the training set itself
 
 
 def run_transfer(
@@ -310,17 +309,9 @@ def _cross_folds(labels, per_class, seed) -> _Folds:
 
 def source_distance(model, source) -> float:
     """||w_S - w_S0|| over the trainable parameters the target shares with
-    the source (the new head excluded, whatever its shape; BatchNorm's
-    running statistics, parameters with stop_gradient in Paddle, too)."""
-    own, theirs = dict(model.named_parameters()), dict(source.named_parameters())
-    head = head_of(model)
-    total = 0.0
-    for name, p in own.items():
-        s = theirs.get(name)
-        if s is not None and not p.stop_gradient and list(s.shape) == list(p.shape) \
-                and not (name == head or name.startswith(head + ".")):
-            total += float(((p - s) ** 2).sum())
-    return math.sqrt(total)
+    the source (the new head excluded), paired as the regularizers pair them."""
+    shared = match_source(model, source, head=[head_of(model)], strict=False).shared
+    return math.sqrt(sum(float(((p - ref) ** 2).sum()) for _, p, ref in shared))
 
 
 def summarize_diagnostics(diagnostics: dict) -> dict:
