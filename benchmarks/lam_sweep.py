@@ -58,8 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--holdout-per-class", type=int, default=2,
                    help="held-out images per class of the holdout rules (default: 2)")
     p.add_argument("--holdout-source", choices=list(HOLDOUT_SOURCES), default="budget",
-                   help="held-out images beyond the training set (extra), out of it (budget), or rotating "
-                        "folds of it (cross) (default: budget)")
+                   help="held-out images beyond the training set (extra), out of it (budget), rotating "
+                        "folds of it (cross), or the next step's batch (next) (default: budget)")
     p.add_argument("--holdout-every", type=int, default=1, help="steps between held-out refreshes (default: 1)")
     p.add_argument("--report-only", action="store_true", help="write the tables and plots from finished runs")
     p.add_argument("--no-progress", action="store_true")
@@ -114,8 +114,8 @@ def variant(run) -> str:
     cfg = run.get("config", {})
     if "holdout" not in run["method"] or not cfg.get("holdout_per_class"):
         return run["method"]
-    return (f"{run['method']} [{cfg['holdout_source']} {cfg['holdout_per_class']}/class, "
-            f"every {cfg['holdout_every']}]")
+    images = "batch" if cfg["holdout_source"] == "next" else f"{cfg['holdout_per_class']}/class"
+    return f"{run['method']} [{cfg['holdout_source']} {images}, every {cfg['holdout_every']}]"
 
 
 def pair_label(run) -> str:

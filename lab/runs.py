@@ -32,9 +32,11 @@ __all__ = ["RunConfig", "run_transfer", "Recorder", "RunStore", "summarize_diagn
            "HOLDOUT_SOURCES", "split_holdout"]
 
 #: where a held-out reference's images come from: beyond the training set
-#: ("extra"), out of it ("budget": never trained on), or rotating folds of it
-#: ("cross": every image is trained on except while its fold is held out)
-HOLDOUT_SOURCES = ("extra", "budget", "cross")
+#: ("extra"), out of it ("budget": never trained on), rotating folds of it
+#: ("cross": every image is trained on except while its fold is held out),
+#: or the batch the next step trains on ("next": FTP's signal, free of extra
+#: images, but after the first epoch that batch has been trained on before)
+HOLDOUT_SOURCES = ("extra", "budget", "cross", "next")
 
 
 @dataclass
@@ -104,16 +106,16 @@ def _holdout_images(target, cfg, seed, needs_holdout):
     train = few_shot_indices(target.train.labels, cfg.per_class, seed)  # every method's training set
     if not needs_holdout:
         return train, None
-    if cfg.holdout_per_class <= 0:
-        raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
     if cfg.holdout_source not in HOLDOUT_SOURCES:
         raise ValueError(f"Invalid holdout_source {cfg.holdout_source!r}; expected one of {HOLDOUT_SOURCES}.")
+    if cfg.holdout_per_class <= 0 and cfg.holdout_source != "next":
+        raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
     if cfg.holdout_source == "extra":  # the extra images from the rest of the split
         rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
         return train, rest[few_shot_indices(target.train.labels[rest], cfg.holdout_per_class, seed + 1)]
     if cfg.holdout_source == "budget":
         return split_holdout(target.train.labels, train, cfg.holdout_per_class, seed)
-    return train, None  # cross: the folds are cut from the training set itself
+    return train, None  # cross and next: cut from the training set itself
 
 
 def run_transfer(
@@ -190,6 +192,8 @@ def run_transfer(
         if cfg.holdout_source == "cross":  # folds of positions in the training set, one class share each
             folds = _cross_folds(target.train.labels[train_idx], cfg.holdout_per_class, seed)
             held = lambda: (x_train[folds.current], y_train[folds.current])  # noqa: E731
+        elif cfg.holdout_source == "next":  # the positions peeked before each step
+            held = lambda: (x_train[upcoming[0]], y_train[upcoming[0]])  # noqa: E731
         else:
             x_held = to_tensor_batch(target.train.images[held_idx], cfg.image_size)
             y_held = paddle.to_tensor(target.train.labels[held_idx])
@@ -214,6 +218,7 @@ def run_transfer(
         return test_acc
 
     order, first = [], 1
+    upcoming = [None]  # holdout_source "next": the next step's batch, peeked before each update
     if checkpoint and os.path.isfile(checkpoint):
         state = load_checkpoint(checkpoint, model, opt)
         first, order = state["iteration"] + 1, list(state["order"])
@@ -230,6 +235,9 @@ def run_transfer(
                 folds.at_step(it, cfg.holdout_every)
             batch, order = _next_batch(order, cfg.batch_size, len(train_idx), rng,
                                        exclude=folds.current_set if folds is not None else ())
+            if needs_holdout and cfg.holdout_source == "next":
+                order, peeked = _peek_batch(order, cfg.batch_size, len(train_idx), rng)
+                upcoming[0] = paddle.to_tensor(np.asarray(peeked))
             share = batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
             b = paddle.to_tensor(np.asarray(share))
             x = x_train[b]
@@ -263,6 +271,16 @@ def run_transfer(
         "seconds": time.time() - start,
         "config": asdict(cfg),
     }
+
+
+def _peek_batch(order, batch_size, n, rng):
+    """The batch :func:`_next_batch` draws next from ``order`` (no exclusions),
+    without taking it; returns (the order, extended by a permutation when too
+    few are left, so the draw finds the same positions; the batch)."""
+    order = list(order)
+    while len(order) < batch_size:
+        order += [int(i) for i in rng.permutation(n)]
+    return order, order[:batch_size]
 
 
 def _next_batch(order, batch_size, n, rng, exclude=()):

@@ -170,3 +170,30 @@ def test_the_scenarios_set_defaults_the_options_override():
     hurts = transfer.parse_args(["--iterations", "7"])
     assert (hurts.source, hurts.target, hurts.iterations, hurts.methods) == (
         "mnist5k", "digits", 7, transfer.DEFAULT_METHODS)
+
+
+def test_peeking_at_the_next_batch_leaves_the_data_order_unchanged():
+    from lab.runs import _next_batch, _peek_batch
+
+    plain_rng, peek_rng = np.random.default_rng(3), np.random.default_rng(3)
+    plain, peeked_order = [], []
+    for _ in range(12):  # 7 images, batches of 3: the order runs out every few steps
+        batch, plain = _next_batch(plain, 3, 7, plain_rng)
+        drawn, peeked_order = _next_batch(peeked_order, 3, 7, peek_rng)
+        assert drawn == batch
+        peeked_order, upcoming = _peek_batch(peeked_order, 3, 7, peek_rng)
+        assert upcoming == _next_batch(list(peeked_order), 3, 7, np.random.default_rng(99))[0]
+
+
+@pytest.mark.parametrize("source", ["extra", "budget", "cross", "next"])
+def test_every_holdout_source_runs_through_the_harness(tiny_source, source):
+    _, path = tiny_source
+    cfg = RunConfig(iterations=4, batch_size=6, per_class=3, image_size=16, eval_interval=4,
+                    stats_interval=1, max_test=40, holdout_per_class=1, holdout_source=source, holdout_every=2)
+    result = run_transfer("dtnh_l2sp@layer_drop_holdout", path, load_dataset("digits"), cfg, seed=0,
+                          progress=False)
+    assert result["diagnostics"]["step"] == [1, 2, 3, 4] and 0.0 <= result["test_accuracy"] <= 1.0
+    if source != "next":
+        with pytest.raises(ValueError, match="holdout_per_class"):
+            run_transfer("dtnh_l2sp@layer_drop_holdout", path, load_dataset("digits"),
+                         RunConfig(iterations=1, holdout_per_class=0, holdout_source=source), progress=False)
