@@ -166,7 +166,9 @@ class DTNH:
         holdout (callable, optional): ``() -> Tensor``: the empirical loss of
             the current model on held-out target data (your loader and
             forward), for ``reference="holdout"``. BatchNorm statistics are
-            left unchanged by it. Default: None.
+            left unchanged by it. Without it, a holdout rule with a
+            ``fallback`` uses that rule, with a warning; one without raises
+            ValueError. Default: None.
         on_nonfinite (str, optional): ``"skip"`` skips a step whose direction
             holds NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
@@ -230,6 +232,13 @@ class DTNH:
                        max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every,
                        rule=rule, project=project)
         self.rule = _rule_of(preset, options)
+        if holdout is None and self.rule.reference == "holdout" and self.rule.fallback is not None:
+            warnings.warn(
+                f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
+                f"held-out data, but no holdout= was given: using its fallback {self.rule.fallback} instead. "
+                "Pass holdout=fn (a zero-argument callable returning the empirical loss on held-out target "
+                "data) for the rule itself; docs/rules.md says what each does.", UserWarning, stacklevel=2)
+            self.rule = self.rule.fallback
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")

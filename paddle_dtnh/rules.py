@@ -61,6 +61,10 @@ class Rule:
             ``reference="ema"``. Default: 0.9.
         holdout_every (int, optional): steps between refreshes of the
             held-out gradient (``reference="holdout"``). Default: 1.
+        fallback (Rule, optional): for ``reference="holdout"``: the rule a
+            :class:`~paddle_dtnh.DTNH` uses instead, with a warning, when it
+            is given no ``holdout=``. Default: None (a missing ``holdout=``
+            is an error).
 
     Examples:
         .. code-block:: python
@@ -78,6 +82,7 @@ class Rule:
     max_reg_ratio: float | None = None
     ema_decay: float = 0.9
     holdout_every: int = 1
+    fallback: Rule | None = None
 
     def __post_init__(self):
         check_choice("granularity", self.granularity, GRANULARITIES)
@@ -87,6 +92,12 @@ class Rule:
             object.__setattr__(self, "max_reg_ratio", check_positive("max_reg_ratio", self.max_reg_ratio))
         object.__setattr__(self, "ema_decay", check_ratio("ema_decay", self.ema_decay, low_open=False))
         object.__setattr__(self, "holdout_every", check_positive_int("holdout_every", self.holdout_every))
+        if self.fallback is not None:
+            if not isinstance(self.fallback, Rule) or self.fallback.reference == "holdout":
+                raise ValueError("fallback must be a Rule whose reference is not 'holdout' (it stands in "
+                                 f"when no held-out loss is given), got {self.fallback!r}.")
+            if self.reference != "holdout":
+                raise ValueError(f"fallback is only for reference='holdout' rules (this one: {self.reference!r}).")
 
     @property
     def projects(self) -> bool:
@@ -102,8 +113,12 @@ class Rule:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:
-        """The options as a plain dict (run keys, state dicts, logs)."""
-        return dataclasses.asdict(self)
+        """The options as a plain dict (run keys, state dicts, logs); ``fallback``
+        only where there is one, so rules without it keep 0.2.0's keys."""
+        options = dataclasses.asdict(self)
+        if self.fallback is None:
+            del options["fallback"]
+        return options
 
 
 #: preset name -> :class:`Rule`. ``"paper"``: Algorithm 1 as published.

@@ -125,6 +125,42 @@ def test_holdout_arguments_are_checked():
         Rule(reference="holdout", holdout_every=0)
 
 
+def test_a_holdout_rule_without_holdout_uses_its_fallback_with_a_warning():
+    fallback = Rule(granularity="layer", on_conflict="drop", reference="ema", max_reg_ratio=1.0)
+    rule = Rule(granularity="layer", on_conflict="drop", reference="holdout", holdout_every=8, fallback=fallback)
+    steps = []
+    for preset, expect_warning in [(rule, True), (fallback, False)]:
+        paddle.seed(0)
+        source, model = pair()
+        reg = build("L2SP", model, source)
+        sgd = paddle.optimizer.SGD(0.5, parameters=model.parameters())
+        if expect_warning:
+            with pytest.warns(UserWarning, match="no holdout= was given: using its fallback"):
+                opt = DTNH(sgd, reg, lam=3.0, preset=preset)
+        else:
+            opt = DTNH(sgd, reg, lam=3.0, preset=preset)
+        assert opt.rule == fallback
+        for s in range(3):
+            dtnh_step(opt, *batch(s), "explicit")
+        steps.append(flat(list(model.parameters()), list(model.parameters())))
+    np.testing.assert_array_equal(*steps)  # the fallback is exactly the fallback rule
+    source, model = pair()
+    reg = build("L2SP", model, source)
+    given = DTNH(paddle.optimizer.SGD(0.5, parameters=model.parameters()), reg, lam=3.0, preset=rule,
+                 holdout=lambda: F.cross_entropy(model(batch()[0]), batch()[1]))
+    assert given.rule == rule  # with a held-out loss the rule is used as it is
+
+
+def test_a_fallback_is_checked_and_kept_out_of_the_options_without_one():
+    with pytest.raises(ValueError, match="only for reference='holdout'"):
+        Rule(fallback=Rule())
+    with pytest.raises(ValueError, match="whose reference is not 'holdout'"):
+        Rule(reference="holdout", fallback=Rule(reference="holdout"))
+    assert "fallback" not in Rule().as_dict()  # stored runs and saved states keep their keys
+    nested = Rule(reference="holdout", fallback=Rule(reference="ema")).as_dict()
+    assert nested["fallback"]["reference"] == "ema"
+
+
 def test_make_reference_picks_one_object_per_rule():
     assert isinstance(make_reference(Rule(reference="ema", on_conflict="drop")), MovingAverage)
     assert make_reference(Rule()).get([], [], 1) is None
