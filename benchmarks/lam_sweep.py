@@ -111,8 +111,11 @@ def _stats(values):
 
 def variant(run) -> str:
     """A run's method, with its held-out protocol where its rule has one."""
+    from lab import CANDIDATES
+
     cfg = run.get("config", {})
-    if "holdout" not in run["method"] or not cfg.get("holdout_per_class"):
+    rule = run["method"].partition("@")[2]
+    if rule not in CANDIDATES or CANDIDATES[rule].reference != "holdout" or not cfg.get("holdout_per_class"):
         return run["method"]
     images = "batch" if cfg["holdout_source"] == "next" else f"{cfg['holdout_per_class']}/class"
     return f"{run['method']} [{cfg['holdout_source']} {images}, every {cfg['holdout_every']}]"

@@ -63,7 +63,9 @@ class RunConfig:
     flip: bool = False  # random horizontal mirror per image (not for digits)
     holdout_per_class: int = 0  # held-out images per class for reference="holdout" rules
     holdout_source: str = "extra"  # a value of HOLDOUT_SOURCES
-    holdout_every: int = 1  # steps between refreshes of the held-out gradient (cross: between fold rotations)
+    # steps between refreshes of the held-out gradient (cross: between fold
+    # rotations); None: the rule's own
+    holdout_every: int | None = None
 
 
 class Recorder(StepLogger):
@@ -151,7 +153,10 @@ def run_transfer(
     start = time.time()
     paddle.seed(seed)
     rng = np.random.default_rng(seed)
-    needs_holdout = spec.rule.reference == "holdout"
+    # a holdout rule with a fallback and no held-out images configured runs
+    # its fallback, as DTNH does without holdout= (with its warning)
+    no_images = cfg.holdout_per_class <= 0 and cfg.holdout_source != "next"
+    needs_holdout = spec.rule.reference == "holdout" and not (no_images and spec.rule.fallback is not None)
     train_idx, held_idx = _holdout_images(target, cfg, seed, needs_holdout)
     x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
     y_train = paddle.to_tensor(target.train.labels[train_idx])
@@ -188,7 +193,8 @@ def run_transfer(
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     rule, holdout, folds = spec.rule, None, None
     if needs_holdout:
-        rule = rule.replace(holdout_every=cfg.holdout_every)
+        if cfg.holdout_every is not None:
+            rule = rule.replace(holdout_every=cfg.holdout_every)
         if cfg.holdout_source == "cross":  # folds of positions in the training set, one class share each
             folds = _cross_folds(target.train.labels[train_idx], cfg.holdout_per_class, seed)
             held = lambda: (x_train[folds.current], y_train[folds.current])  # noqa: E731
@@ -232,7 +238,7 @@ def run_transfer(
         bar.update(first - 1)
         for it in range(first, cfg.iterations + 1):
             if folds is not None:
-                folds.at_step(it, cfg.holdout_every)
+                folds.at_step(it, rule.holdout_every)
             batch, order = _next_batch(order, cfg.batch_size, len(train_idx), rng,
                                        exclude=folds.current_set if folds is not None else ())
             if needs_holdout and cfg.holdout_source == "next":
