@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="paddle_dtnh",
-    version="0.2.0",
+    version="0.3.0",
     description="DTNH: regularized deep transfer learning that never hurts, for PaddlePaddle",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -18,7 +18,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]  # lab/ and lam_sweep beside this script
 
 COLUMNS = {"finetune": "fine-tuning", "{reg}": "vanilla", "dtnh_{reg}@paper": "paper",
-           "dtnh_{reg}@never_hurt": "never_hurt (0.1)"}
+           "dtnh_{reg}@never_hurt": "never_hurt", "dtnh_{reg}@never_hurt_holdout": "never_hurt_holdout"}
 
 
 def main(argv=None):
@@ -33,14 +33,17 @@ def main(argv=None):
                    help="rule columns to leave out, as printed in the header (e.g. a protocol with few runs)")
     args = p.parse_args(argv)
     reg = args.regularizer
-    cells = {}
+    cells, fixed = {}, [c.format(reg=reg) for c in COLUMNS]
     for r in RunStore(args.store).runs.values():
         if r["method"] == "finetune" or (r["regularizer"] == reg and r["lam"] == args.lam):
-            cells.setdefault(pair_label(r), {}).setdefault(variant(r), {})[r["seed"]] = r
+            name = variant(r)
+            if name.split(" [")[0] in fixed:  # a preset's column, whatever its held-out protocol
+                name = name.split(" [")[0]
+            cells.setdefault(pair_label(r), {}).setdefault(name, {})[r["seed"]] = r
     rules = sorted({m for by in cells.values() for m in by if m.startswith(f"dtnh_{reg}@")
-                    and m not in (f"dtnh_{reg}@paper", f"dtnh_{reg}@never_hurt")
+                    and m not in fixed
                     and m.split("@", 1)[1] not in args.skip})
-    columns = [c.format(reg=reg) for c in COLUMNS] + rules
+    columns = [c.format(reg=reg) for c in COLUMNS if c.split("@", 1)[-1] not in args.skip] + rules
     names = [COLUMNS.get(c.replace(reg, "{reg}"), c.split("@", 1)[-1]) for c in columns]
     print("| pair | " + " | ".join(names) + " |")
     print("|---" * (len(columns) + 1) + "|")
@@ -53,7 +56,9 @@ def main(argv=None):
             if not runs:
                 row.append("-")
                 continue
-            acc = np.mean([100 * r["test_accuracy"] for r in runs.values()])
+            # over the seeds every column of the row has, as the shares are
+            common = set(runs) & set(by[reg]) & set(by["finetune"])
+            acc = np.mean([100 * runs[s]["test_accuracy"] for s in sorted(common)])
             if c in ("finetune", reg):
                 row.append(f"{acc:.1f}")
                 continue

@@ -22,7 +22,7 @@ from .optimizer import DTNH, NONFINITE_POLICIES  # noqa: E402
 from .projection import RULES, dtnh_direction  # noqa: E402
 from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, REFERENCES, Rule, resolve_rule  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _moved.install()  # the 0.1 module paths (paddle_dtnh.io.files, .hub, ...) for one release
 

@@ -2,7 +2,7 @@
 
 ``import paddle_dtnh.files`` (and every other old path below) still works and
 gives the very module at its new home, with a ``DeprecationWarning`` naming
-it; 0.3 drops the old paths.
+it; 0.4 drops the old paths.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _Alias(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec):
-        warnings.warn(f"{spec.name} moved to {self.new}; the old path goes in paddle_dtnh 0.3.",
+        warnings.warn(f"{spec.name} moved to {self.new}; the old path goes in paddle_dtnh 0.4.",
                       DeprecationWarning, stacklevel=2)
         return importlib.import_module(self.new)
 

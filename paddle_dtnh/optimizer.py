@@ -195,13 +195,15 @@ class DTNH:
             >>> model = paddle.nn.Linear(4, 3)
             >>> _ = model.set_state_dict(source.state_dict())
             >>> reg = L2SP(model, source, alpha=0.1, beta=0.01)
+            >>> x_held, y_held = paddle.randn([6, 4]), paddle.randint(0, 3, [6])  # never trained on
             >>> opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()),
-            ...            reg, lam=1.0, preset="never_hurt")
+            ...            reg, lam=1.0, preset="never_hurt_holdout",
+            ...            holdout=lambda: F.cross_entropy(model(x_held), y_held))
             >>> x, y = paddle.randn([8, 4]), paddle.randint(0, 3, [8])
             >>> logits, omega = reg.run(x)
             >>> stats = opt.update(F.cross_entropy(logits, y), omega)
-            >>> opt.num_steps, opt.rule.on_conflict
-            (1, 'drop')
+            >>> opt.num_steps, opt.rule.on_conflict, opt.rule.reference
+            (1, 'drop', 'holdout')
     """
 
     def __init__(

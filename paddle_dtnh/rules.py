@@ -121,14 +121,22 @@ class Rule:
         return options
 
 
-#: preset name -> :class:`Rule`. ``"paper"``: Algorithm 1 as published.
-#: ``"never_hurt"``: per parameter tensor, the regularizer's gradient is
-#: dropped where it points against a moving average of the data's gradient,
-#: and what is kept is capped at the data gradient's norm (evidence in
-#: docs/evidence.md). ``"vanilla"``: the regularized step without DTNH.
+_NEVER_HURT = Rule(granularity="layer", on_conflict="drop", reference="ema", max_reg_ratio=1.0)
+
+#: preset name -> :class:`Rule`. ``"paper"``: Algorithm 1 as published (the
+#: default). ``"never_hurt"``: per parameter tensor, the regularizer's
+#: gradient is dropped where it points against a moving average of the
+#: data's gradient, and what is kept is capped at the data gradient's norm;
+#: it repairs harm and gives up most of a helpful regularizer's gain.
+#: ``"never_hurt_holdout"``: the same rule judged against the gradient of
+#: the loss on held-out target data (``holdout=``, refreshed every 8 steps):
+#: it keeps more of the help and repairs less of the harm; without
+#: ``holdout=`` it falls back to ``"never_hurt"``, with a warning.
+#: ``"vanilla"``: the regularized step without DTNH. Evidence: docs/evidence.md.
 PRESETS = MappingProxyType({
     "paper": Rule(),
-    "never_hurt": Rule(granularity="layer", on_conflict="drop", reference="ema", max_reg_ratio=1.0),
+    "never_hurt": _NEVER_HURT,
+    "never_hurt_holdout": _NEVER_HURT.replace(reference="holdout", holdout_every=8, fallback=_NEVER_HURT),
     "vanilla": Rule(on_conflict="ignore"),
 })
 

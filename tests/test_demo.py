@@ -197,3 +197,13 @@ def test_every_holdout_source_runs_through_the_harness(tiny_source, source):
         with pytest.raises(ValueError, match="holdout_per_class"):
             run_transfer("dtnh_l2sp@layer_drop_holdout", path, load_dataset("digits"),
                          RunConfig(iterations=1, holdout_per_class=0, holdout_source=source), progress=False)
+
+
+def test_never_hurt_holdout_without_held_out_images_runs_its_fallback(tiny_source):
+    _, path = tiny_source
+    cfg = RunConfig(iterations=3, batch_size=6, per_class=2, image_size=16, eval_interval=3, max_test=40)
+    with pytest.warns(UserWarning, match="using its fallback"):
+        fallen = run_transfer("dtnh_l2sp@never_hurt_holdout", path, load_dataset("digits"), cfg, seed=0,
+                              progress=False)
+    ema = run_transfer("dtnh_l2sp@never_hurt", path, load_dataset("digits"), cfg, seed=0, progress=False)
+    assert fallen["curve"] == ema["curve"]

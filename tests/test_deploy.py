@@ -42,8 +42,10 @@ def test_a_paddle_vision_target_exports_with_an_input_spec(tmp_path):
     source = paddle.vision.models.resnet18(num_classes=5)
     model = target_from(source, num_classes=3)
     reg = L2SP(model, source, alpha=0.1, beta=0.01, head=["fc"])
-    opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()), reg, lam=1.0, preset="never_hurt")
     images, labels = paddle.randn([4, 3, 32, 32]), paddle.to_tensor([0, 1, 2, 0])
+    held_x, held_y = paddle.randn([3, 3, 32, 32]), paddle.to_tensor([2, 1, 0])
+    opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()), reg, lam=1.0, preset="never_hurt_holdout",
+               holdout=lambda: F.cross_entropy(model(held_x), held_y))
     for _ in range(2):
         logits, omega = reg.run(images)
         opt.update(F.cross_entropy(logits, labels), omega)

@@ -382,9 +382,11 @@ def test_presets():
     default = DTNH(inner(), lam=1.0)
     assert default.rule == Rule() == PRESETS["paper"]
     assert (default.granularity, default.rule.on_conflict, default.reference) == ("global", "project", "batch")
+    held = lambda: (net(paddle.ones([2, 6])) ** 2).mean()  # noqa: E731
     for name, rule in PRESETS.items():
-        assert DTNH(inner(), lam=1.0, preset=name).rule == rule
-        assert DTNH(inner(), lam=1.0, preset=rule).rule == rule  # a Rule is a preset too
+        holdout = held if rule.reference == "holdout" else None
+        assert DTNH(inner(), lam=1.0, preset=name, holdout=holdout).rule == rule
+        assert DTNH(inner(), lam=1.0, preset=rule, holdout=holdout).rule == rule  # a Rule is a preset too
     override = DTNH(inner(), lam=1.0, preset="never_hurt", granularity="coordinate")
     assert override.rule == PRESETS["never_hurt"].replace(granularity="coordinate")
     with pytest.raises(ValueError, match="Invalid reference: 'momentum'"):
