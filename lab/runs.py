@@ -103,6 +103,11 @@ def split_holdout(labels: np.ndarray, chosen: np.ndarray, per_class: int, seed: 
     return np.sort(np.asarray(kept)), np.sort(np.asarray(held))
 
 
+def _has_held_out_images(cfg) -> bool:
+    """Whether ``cfg`` gives a holdout rule held-out images ("next" needs no count)."""
+    return cfg.holdout_per_class > 0 or cfg.holdout_source == "next"
+
+
 def _holdout_images(target, cfg, seed, needs_holdout):
     """(train indices, held-out indices or None) of the target's train split."""
     train = few_shot_indices(target.train.labels, cfg.per_class, seed)  # every method's training set
@@ -110,7 +115,7 @@ def _holdout_images(target, cfg, seed, needs_holdout):
         return train, None
     if cfg.holdout_source not in HOLDOUT_SOURCES:
         raise ValueError(f"Invalid holdout_source {cfg.holdout_source!r}; expected one of {HOLDOUT_SOURCES}.")
-    if cfg.holdout_per_class <= 0 and cfg.holdout_source != "next":
+    if not _has_held_out_images(cfg):
         raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
     if cfg.holdout_source == "extra":  # the extra images from the rest of the split
         rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
@@ -155,8 +160,7 @@ def run_transfer(
     rng = np.random.default_rng(seed)
     # a holdout rule with a fallback and no held-out images configured runs
     # its fallback, as DTNH does without holdout= (with its warning)
-    no_images = cfg.holdout_per_class <= 0 and cfg.holdout_source != "next"
-    needs_holdout = spec.rule.reference == "holdout" and not (no_images and spec.rule.fallback is not None)
+    needs_holdout = spec.rule.reference == "holdout" and (_has_held_out_images(cfg) or spec.rule.fallback is None)
     train_idx, held_idx = _holdout_images(target, cfg, seed, needs_holdout)
     x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
     y_train = paddle.to_tensor(target.train.labels[train_idx])
