@@ -3,7 +3,8 @@ which rule (``finetune``, ``l2sp``, ``dtnh_l2sp``, ``dtnh_l2sp@never_hurt``).
 
 The rules a method can name after ``@`` are :data:`CANDIDATES`: the
 library's presets and the variants screened by the benchmarks, each a
-:class:`paddle_dtnh.Rule` derived from a preset.
+:class:`paddle_dtnh.Rule` derived from a preset; and ``auto``: the rule the
+source-fit test chooses for the run's training images.
 """
 
 from __future__ import annotations
@@ -56,12 +57,18 @@ class MethodSpec:
 
     @property
     def rule(self) -> Rule:
+        """The rule (for ``auto``: the paper's, until the run's test chooses)."""
+        if self.rule_name == "auto":
+            return PRESETS["paper"]
         return CANDIDATES[self.rule_name] if self.project else PRESETS["vanilla"]
 
     @property
     def resolved_options(self) -> dict:
         """What a stored run is keyed by: the rule spelled out, so redefining
         a preset never reuses its stale runs."""
+        if self.rule_name == "auto":
+            return {"preset": "auto", "fits": "loo_ridge advantage > 0", "then": PRESETS["paper"].as_dict(),
+                    "else": PRESETS["never_hurt"].as_dict()}
         return self.rule.as_dict()
 
 
@@ -83,10 +90,10 @@ def method_spec(name: str) -> MethodSpec:
     project = base.startswith("dtnh_")
     reg = base[len("dtnh_"):] if project else base
     valid_reg = reg in REGULARIZERS and reg != "l2"
-    if not valid_reg or (rule and not project) or (rule and rule not in CANDIDATES):
+    if not valid_reg or (rule and not project) or (rule and rule not in CANDIDATES and rule != "auto"):
         raise ValueError(
             f"Unknown method {name!r}; expected finetune, <reg> or dtnh_<reg>[@<rule>] with <reg> "
-            f"in {[r for r in REGULARIZERS if r != 'l2']} and <rule> in {list(CANDIDATES)}."
+            f"in {[r for r in REGULARIZERS if r != 'l2']} and <rule> in {list(CANDIDATES) + ['auto']}."
         )
     if not project:
         return MethodSpec(reg, None, REGULARIZERS[reg])

@@ -28,7 +28,7 @@ from paddle_dtnh.regularizers import match_source
 from .methods import build_regularizer, method_spec
 from .sources import augment, evaluate, progress_bar
 
-__all__ = ["RunConfig", "run_transfer", "Recorder", "RunStore", "summarize_diagnostics", "goal_text",
+__all__ = ["RunConfig", "run_transfer", "load_source", "fit_report", "Recorder", "RunStore", "summarize_diagnostics", "goal_text",
            "HOLDOUT_SOURCES", "split_holdout"]
 
 #: where a held-out reference's images come from: beyond the training set
@@ -125,6 +125,31 @@ def _holdout_images(target, cfg, seed, needs_holdout):
     return train, None  # cross and next: cut from the training set itself
 
 
+def load_source(source_path: str, arch_name: str = "resnet18") -> paddle.nn.Layer:
+    """The source network of ``arch_name`` with the weights in ``source_path``."""
+    state = files.read_state_dict(source_path)
+    arch = ARCHITECTURES[arch_name]
+    if arch.num_classes(state) is None:
+        raise ValueError(f"{source_path} holds no {arch.name} weights (no {arch.head}.weight); "
+                         f"pass --arch matching the source.")
+    source = arch.build(arch.num_classes(state))
+    source.set_state_dict(state)
+    return source
+
+
+def fit_report(source, target: ImageSet, cfg: RunConfig, seed: int):
+    """:func:`paddle_dtnh.source_fit` of ``source`` (a network or a weights
+    path) on the training images a run with ``cfg`` and ``seed`` trains on:
+    what ``preset="auto"`` decides from. Paddle's random state is not used."""
+    from paddle_dtnh import source_fit
+
+    train_idx = few_shot_indices(target.train.labels, cfg.per_class, seed)
+    if isinstance(source, str):
+        source = load_source(source, cfg.arch)
+    return source_fit(source, to_tensor_batch(target.train.images[train_idx], cfg.image_size),
+                      target.train.labels[train_idx], head=ARCHITECTURES[cfg.arch].head)
+
+
 def run_transfer(
     method: str,
     source_path: str,
@@ -150,6 +175,7 @@ def run_transfer(
         (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
     """
     spec = method_spec(method)
+    rule = spec.rule  # preset "auto": the test's choice, below
     # data parallel (paddle.distributed.launch): every rank draws the same
     # global batch and trains on its share; DTNH averages the gradients
     world, me = world_size(), rank()
@@ -160,20 +186,18 @@ def run_transfer(
     rng = np.random.default_rng(seed)
     # a holdout rule with a fallback and no held-out images configured runs
     # its fallback, as DTNH does without holdout= (with its warning)
-    needs_holdout = spec.rule.reference == "holdout" and (_has_held_out_images(cfg) or spec.rule.fallback is None)
+    needs_holdout = rule.reference == "holdout" and (_has_held_out_images(cfg) or rule.fallback is None)
     train_idx, held_idx = _holdout_images(target, cfg, seed, needs_holdout)
     x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
     y_train = paddle.to_tensor(target.train.labels[train_idx])
     test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
             paddle.to_tensor(target.test.labels[: cfg.max_test]))
 
-    state = files.read_state_dict(source_path)
-    arch = ARCHITECTURES[cfg.arch]
-    if arch.num_classes(state) is None:
-        raise ValueError(f"{source_path} holds no {arch.name} weights (no {arch.head}.weight); "
-                         f"pass --arch matching the source.")
-    source = arch.build(arch.num_classes(state))
-    source.set_state_dict(state)
+    source = load_source(source_path, cfg.arch)
+    fit = None
+    if spec.rule_name == "auto":  # before the head is drawn; the test uses no Paddle randomness
+        fit = fit_report(source, target, cfg, seed)
+        rule = fit.rule
     model = target_from(source, target.num_classes)
 
     batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
@@ -195,7 +219,7 @@ def run_transfer(
     recorder = Recorder(stats_interval)
     loggers = LoggerGroup([recorder, vdl])
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    rule, holdout, folds = spec.rule, None, None
+    holdout, folds = None, None
     if needs_holdout:
         if cfg.holdout_every is not None:
             rule = rule.replace(holdout_every=cfg.holdout_every)
@@ -215,7 +239,8 @@ def run_transfer(
 
         holdout = holdout_loss
     opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
-               steps_per_epoch=steps_per_epoch, logger=loggers, preset=rule, holdout=holdout)
+               steps_per_epoch=steps_per_epoch, logger=loggers, holdout=holdout,
+               **(dict(preset="auto", fit=fit) if fit is not None else dict(preset=rule)))
 
     curve = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
 
@@ -276,6 +301,7 @@ def run_transfer(
         "test_loss": curve["test_loss"][-1],
         "skipped_steps": opt.skipped_steps,
         "distance_to_source": source_distance(model, source),
+        "source_fit": None if fit is None else fit.as_dict(),
         "curve": curve,
         "diagnostics": {"step": recorder.steps, **recorder.values},
         "seconds": time.time() - start,

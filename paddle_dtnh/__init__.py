@@ -4,6 +4,8 @@ DTNH (Wan et al., "Towards Making Deep Transfer Learning Never Hurt") for
 PaddlePaddle. The layers, each in its own module:
 
 * :mod:`paddle_dtnh.rules`: :class:`Rule` and the named :data:`PRESETS`;
+* :mod:`paddle_dtnh.transferability`: :func:`source_fit`, the test before
+  training that chooses the rule of ``preset="auto"``;
 * :mod:`paddle_dtnh.projection`: the direction, pure functions on tensor lists;
 * :mod:`paddle_dtnh.references`: what conflicts are judged against;
 * :mod:`paddle_dtnh.diagnostics`: the step's stats and the logger protocol;
@@ -20,6 +22,7 @@ import_paddle_quietly()
 from . import _moved, attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
 from .optimizer import DTNH, NONFINITE_POLICIES  # noqa: E402
 from .projection import RULES, dtnh_direction  # noqa: E402
+from .transferability import SourceFit, source_fit  # noqa: E402
 from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, REFERENCES, Rule, resolve_rule  # noqa: E402
 
 __version__ = "0.3.0"
@@ -31,6 +34,8 @@ __all__ = [
     "Rule",
     "PRESETS",
     "resolve_rule",
+    "SourceFit",
+    "source_fit",
     "NONFINITE_POLICIES",
     "GRANULARITIES",
     "ON_CONFLICT",

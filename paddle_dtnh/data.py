@@ -216,6 +216,18 @@ def _class_subset(base, keep, name):
     return load
 
 
+def _inverted(base, name):
+    """A registered set with every image inverted (255 - pixel): the same
+    classes in a shifted domain."""
+
+    def load(root=None, download=False):
+        data = DATASETS[base].loader(root=root, download=download)
+        flip = lambda split: Split(255 - split.images, split.labels)  # noqa: E731
+        return ImageSet(name, flip(data.train), flip(data.test), data.classes)
+
+    return load
+
+
 #: every dataset name the demo and the benchmark accept
 DATASETS = {
     "digits": DatasetSpec(_digits, "UCI digits (scikit-learn), 1797 images 8x8, 10 classes", True),
@@ -225,6 +237,9 @@ DATASETS = {
                                    "Fashion-MNIST classes 0-4 (T-shirt, Trouser, Pullover, Dress, Coat)", True),
     "fashion-mnist-b": DatasetSpec(_class_subset("fashion-mnist", [5, 6, 7, 8, 9], "fashion-mnist-b"),
                                    "Fashion-MNIST classes 5-9 (Sandal, Shirt, Sneaker, Bag, Boot)", True),
+    "mnist5k-inv": DatasetSpec(_inverted("mnist5k", "mnist5k-inv"), "mnist5k inverted (a shifted domain)", True),
+    "fashion-mnist-inv": DatasetSpec(_inverted("fashion-mnist", "fashion-mnist-inv"),
+                                     "Fashion-MNIST inverted (a shifted domain)", True),
     "cifar10": DatasetSpec(_cifar10, "CIFAR-10 via paddle.vision (download or --data-root)", False),
     "flowers102": DatasetSpec(_flowers102, "Flowers-102 via paddle.vision (download or --data-root)", False),
     "caltech256": DatasetSpec(_image_folder("caltech256"), "Caltech-256 image folder (--data-root)", False),

@@ -264,6 +264,9 @@ class StepLogger:
     def on_skip(self, dtnh) -> None:
         """After a step skipped for a non-finite direction."""
 
+    def on_source_fit(self, report) -> None:
+        """Once, when a ``preset="auto"`` DTNH is built: its :class:`~paddle_dtnh.SourceFit`."""
+
     def log_eval(self, step: int, loss=None, accuracy=None) -> None:
         """An evaluation's loss and accuracy at ``step``."""
 
@@ -301,6 +304,10 @@ class LoggerGroup(StepLogger):
     def on_skip(self, dtnh):
         for logger in self.loggers:
             logger.on_skip(dtnh)
+
+    def on_source_fit(self, report):
+        for logger in self.loggers:
+            getattr(logger, "on_source_fit", lambda r: None)(report)
 
     def log_eval(self, step, loss=None, accuracy=None):
         for logger in self.loggers:

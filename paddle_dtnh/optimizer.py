@@ -109,6 +109,31 @@ def _rule_of(preset, options: dict) -> Rule:
     return resolve_rule(preset, **given)
 
 
+def _checked_fit(preset, fit):
+    """The SourceFit of ``preset="auto"`` (None for every other preset)."""
+    from .transferability import SourceFit
+
+    if isinstance(preset, str) and preset == "auto":
+        if fit is None:
+            raise ValueError("preset='auto' chooses the rule from a source-fit test run before training: "
+                             "pass fit=paddle_dtnh.source_fit(source, train_images, train_labels, head=...).")
+        if not isinstance(fit, SourceFit):
+            raise TypeError(f"fit must be the SourceFit that paddle_dtnh.source_fit returns, got "
+                            f"{type(fit).__name__}.")
+        return fit
+    if fit is not None:
+        raise ValueError(f"fit= is only used by preset='auto' (this DTNH runs {preset!r}): drop fit= or "
+                         "pass preset='auto'.")
+    return None
+
+
+def _preset_name(rule: Rule):
+    """The name of ``rule`` in PRESETS, or None."""
+    from .rules import PRESETS
+
+    return next((name for name, r in PRESETS.items() if r == rule), None)
+
+
 class DTNH:
     r"""Make a regularized transfer-learning step "never hurt" the data fit.
 
@@ -145,9 +170,10 @@ class DTNH:
             in (0, 1], at every epoch (the paper's schedule). Default: 1.0.
         steps_per_epoch (int, optional): if given, an epoch ends every this
             many applied steps; otherwise call :meth:`next_epoch`. Default: None.
-        preset (str|Rule, optional): a name in :data:`paddle_dtnh.PRESETS`
-            or a :class:`paddle_dtnh.Rule`; the options below override its
-            fields (``max_reg_ratio=None`` lifts a preset's cap). Default: "paper".
+        preset (str|Rule, optional): a name in :data:`paddle_dtnh.PRESETS`,
+            ``"auto"`` (the rule ``fit`` chose) or a :class:`paddle_dtnh.Rule`;
+            the options below override its fields (``max_reg_ratio=None``
+            lifts a preset's cap). Default: "paper".
         granularity (str, optional): ``"global"`` (the paper), ``"layer"``
             or ``"coordinate"``; see :class:`paddle_dtnh.Rule`.
         on_conflict (str, optional): ``"project"`` (the paper), ``"drop"``,
@@ -178,6 +204,11 @@ class DTNH:
             applied step's stats; the diagnostics are computed on its logging
             steps only. Default: None.
         eps (float, optional): floor of :math:`\lVert r_b\rVert^2`, > 0. Default: 1e-20.
+        fit (paddle_dtnh.SourceFit, optional): for ``preset="auto"`` only:
+            the result of :func:`paddle_dtnh.source_fit` on the training set;
+            the paper's rule where the source fits, ``"never_hurt"`` where it
+            does not. The decision is printed once, logged
+            (``dtnh/source_fit/*``) and saved in :meth:`state_dict`. Default: None.
         model (paddle.nn.Layer, optional): the network being trained. Its
             structured parameter names key the optimizer state in
             :meth:`state_dict`; its BatchNorms are protected from the held-out
@@ -227,13 +258,16 @@ class DTNH:
         logger=None,
         eps: float = 1e-20,
         model: paddle.nn.Layer | None = None,
+        fit=None,
         rule=_UNSET,
         project=_UNSET,
     ):
         options = dict(granularity=granularity, on_conflict=on_conflict, reference=reference,
                        max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every,
                        rule=rule, project=project)
-        self.rule = _rule_of(preset, options)
+        self.source_fit = _checked_fit(preset, fit)
+        self.rule = _rule_of(fit.rule if preset == "auto" else preset, options)
+        self.preset = preset if isinstance(preset, str) else None
         if holdout is None and self.rule.reference == "holdout" and self.rule.fallback is not None:
             warnings.warn(
                 f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
@@ -241,6 +275,7 @@ class DTNH:
                 "Pass holdout=fn (a zero-argument callable returning the empirical loss on held-out target "
                 "data) for the rule itself; docs/rules.md says what each does.", UserWarning, stacklevel=2)
             self.rule = self.rule.fallback
+            self.preset = _preset_name(self.rule)  # what runs is what the object says
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
@@ -258,7 +293,6 @@ class DTNH:
         self.lam0 = check_nonnegative("lam", lam)
         self.lam_decay = check_ratio("lam_decay", lam_decay)
         self.steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
-        self.preset = preset if isinstance(preset, str) else None
         self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
         self.track_stats = track_stats
@@ -273,6 +307,9 @@ class DTNH:
         self._noted_loss = None  # from note_task_loss(), for the logs
         self._warned_no_loss = False
         self._aux = {}  # GradScaler's auxiliary variables (found_inf)
+        if self.source_fit is not None:
+            print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
+            getattr(logger, "on_source_fit", lambda report: None)(self.source_fit)
 
     # -- the rule's fields, read-only (0.1 names) ------------------------------
     granularity = property(lambda self: self.rule.granularity)
@@ -595,7 +632,10 @@ class DTNH:
     clear_gradients = clear_grad
 
     def _config(self) -> dict:
-        return {"lam": self.lam0, "lam_decay": self.lam_decay, **self.rule.as_dict()}
+        config = {"lam": self.lam0, "lam_decay": self.lam_decay, "preset": self.preset, **self.rule.as_dict()}
+        if self.source_fit is not None:  # the decision is saved: a resume never re-decides silently
+            config["source_fit"] = self.source_fit.as_dict()
+        return config
 
     def state_dict(self) -> dict:
         """The inner optimizer's state under ``"optimizer"`` (accumulators keyed

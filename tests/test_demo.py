@@ -207,3 +207,19 @@ def test_never_hurt_holdout_without_held_out_images_runs_its_fallback(tiny_sourc
                               progress=False)
     ema = run_transfer("dtnh_l2sp@never_hurt", path, load_dataset("digits"), cfg, seed=0, progress=False)
     assert fallen["curve"] == ema["curve"]
+
+
+@pytest.mark.parametrize("reg", ["l2sp", "knowdist"])
+def test_auto_run_equals_the_run_of_the_rule_it_chose(tiny_source, reg):
+    """What lets the evidence read auto's accuracy off the paper and
+    never_hurt runs of the same seed: the auto run is bit-equal to the run
+    of the preset its test chose."""
+    _, path = tiny_source
+    target = load_dataset("digits")
+    cfg = RunConfig(iterations=3, batch_size=8, per_class=3, image_size=16, eval_interval=3, max_test=40)
+    auto = run_transfer(f"dtnh_{reg}@auto", path, target, cfg, seed=2, progress=False)
+    chosen = auto["source_fit"]["preset"]
+    assert chosen in ("paper", "never_hurt")
+    straight = run_transfer(f"dtnh_{reg}@{chosen}", path, target, cfg, seed=2, progress=False)
+    assert auto["curve"]["test_loss"] == straight["curve"]["test_loss"]
+    assert auto["distance_to_source"] == straight["distance_to_source"]

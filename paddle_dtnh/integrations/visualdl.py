@@ -14,6 +14,9 @@ The tags are those of :data:`paddle_dtnh.diagnostics.STATS`, plus:
 ``dtnh/conflict_rate``                 share of steps since the last log with <r, gO> < 0
 ``dtnh/lr``                            the inner optimizer's learning rate
 ``dtnh/skipped_steps``                 steps skipped for a non-finite direction (so far)
+``dtnh/source_fit/*``                  ``preset="auto"``: the source-fit test at step 0
+                                       (``source_score``, ``random_score``, ``advantage``,
+                                       ``source_logme``, ``random_logme``, ``fits``)
 =====================================  ============================================
 
 Groups are lower case (``loss/``, ``angles/``, ``grad_norm/``, ``dtnh/``,
@@ -100,6 +103,12 @@ class DTNHLogger(StepLogger):
     def on_skip(self, dtnh) -> None:
         self.writer.add_scalar(tag="dtnh/skipped_steps", step=dtnh.num_steps + dtnh.skipped_steps,
                                value=float(dtnh.skipped_steps))
+
+    def on_source_fit(self, report) -> None:
+        """``preset="auto"``'s test, at step 0: both networks' scores and the decision."""
+        values = report.as_dict()
+        for key in ("source_score", "random_score", "advantage", "source_logme", "random_logme", "fits"):
+            self.writer.add_scalar(tag=f"dtnh/source_fit/{key}", step=0, value=float(values[key]))
 
     def log_eval(self, step: int, loss: float | None = None, accuracy: float | None = None) -> None:
         for tag, value in zip(EVAL_TAGS, (loss, accuracy)):

@@ -1,0 +1,154 @@
+"""The criterion that judges the rules, as code: regret against the better baseline.
+
+For every cell (a source -> target pair, a regularizer and its lam) and every
+rule, the regret is, in points of test accuracy,
+
+    max(mean fine-tuning, mean vanilla regularizer) - mean rule,
+
+with means over the seeds every column of the cell has; "the better
+baseline" is chosen by those means, once per cell. Its standard error is
+that of the paired per-seed differences (better baseline - rule). A rule is
+summarised by its worst cell (largest regret) and its mean regret over the
+cells. ``auto``'s accuracy on a seed is the accuracy of the preset its
+source-fit test chose on that seed (the runs are bit-equal; tests/test_demo.py).
+
+The goal of ``preset="auto"`` (issue 23), fixed before the runs that decide:
+worst-cell regret <= 1 point, and mean regret <= 0.
+
+Input: the JSON lines written by benchmarks/auto_evidence.py. Runs nothing.
+
+    python benchmarks/regret.py output/auto_evidence
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+#: the columns, in the order shown: (key in a cell, display name)
+RULES = (("finetune", "fine-tuning"), ("vanilla", "vanilla"), ("paper", "paper"),
+         ("never_hurt", "never_hurt"), ("auto", "auto"))
+#: the goal of preset="auto", in points
+GOAL_WORST, GOAL_MEAN = 1.0, 0.0
+
+
+@dataclass
+class CellResult:
+    cell: str
+    seeds: list
+    accuracy: dict  # rule -> mean accuracy (points)
+    regret: dict  # rule -> (mean regret, paired SE)
+    best: str  # "finetune" or "vanilla"
+    decisions: list  # per seed: (fits, advantage)
+
+
+def read_records(folder: str) -> list:
+    """Every record of every ``runs*.jsonl`` in ``folder`` (a cut line is skipped)."""
+    records = []
+    for path in sorted(glob.glob(os.path.join(folder, "runs*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return records
+
+
+def cell_name(pair: str, regularizer: str, lam: float) -> str:
+    return f"{pair} | {regularizer} lam {lam:g}"
+
+
+def collect(records) -> dict:
+    """cell name -> {rule -> {seed -> accuracy in points}}, auto included,
+    plus "_fit" -> {seed -> (fits, advantage)}."""
+    fits, runs = {}, {}
+    for r in records:
+        if r.get("kind") == "fit":
+            fits.setdefault(r["pair"], {})[r["seed"]] = r["source_fit"]
+    cells = {}
+    for r in records:
+        if r.get("kind") == "run":
+            runs.setdefault((r["pair"], r["method"], r.get("regularizer"), r.get("lam")), {})[r["seed"]] = \
+                100 * r["test_accuracy"]
+    cell_keys = {(pair, reg, lam) for (pair, method, reg, lam) in runs if method != "finetune"}
+    for pair, reg, lam in sorted(cell_keys):
+        by = {"finetune": runs.get((pair, "finetune", "l2", None), {}),
+              "vanilla": runs.get((pair, reg, reg, lam), {}),
+              "paper": runs.get((pair, f"dtnh_{reg}@paper", reg, lam), {}),
+              "never_hurt": runs.get((pair, f"dtnh_{reg}@never_hurt", reg, lam), {})}
+        decided = fits.get(pair, {})
+        by["auto"] = {s: by["paper" if decided[s]["fits"] else "never_hurt"][s]
+                      for s in decided if s in by["paper"] and s in by["never_hurt"]}
+        by["_fit"] = {s: (decided[s]["fits"], decided[s]["advantage"]) for s in decided}
+        cells[cell_name(pair, reg, lam)] = by
+    return cells
+
+
+def judge(cells: dict) -> list:
+    """One :class:`CellResult` per cell that has every column on >= 2 common seeds."""
+    results = []
+    for name, by in cells.items():
+        seeds = sorted(set.intersection(*(set(by[k]) for k, _ in RULES)))
+        if len(seeds) < 2:
+            continue
+        acc = {k: np.array([by[k][s] for s in seeds]) for k, _ in RULES}
+        best = "vanilla" if acc["vanilla"].mean() > acc["finetune"].mean() else "finetune"
+        regret = {}
+        for k, _ in RULES:
+            diff = acc[best] - acc[k]
+            regret[k] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(seeds))))
+        results.append(CellResult(name, seeds, {k: float(v.mean()) for k, v in acc.items()}, regret, best,
+                                  [by["_fit"][s] for s in seeds]))
+    return results
+
+
+def summary(results) -> dict:
+    """rule -> (worst-cell regret, mean regret) over the cells."""
+    return {k: (max(r.regret[k][0] for r in results), float(np.mean([r.regret[k][0] for r in results])))
+            for k, _ in RULES}
+
+
+def markdown(results) -> str:
+    lines = ["| cell (source -> target, regularizer) | seeds | " + " | ".join(n for _, n in RULES)
+             + " | auto's choice per seed (advantage) | auto within 1 pt |",
+             "|---" * (len(RULES) + 4) + "|"]
+    for r in results:
+        cols = []
+        for k, _ in RULES:
+            mean, se = r.regret[k]
+            text = f"{r.accuracy[k]:.1f} ({-mean:+.1f} ± {se:.1f})"
+            cols.append(f"**{text}**" if k == r.best else text)
+        choices = ", ".join(f"{'P' if fits else 'N'}{adv:+.2f}" for fits, adv in r.decisions)
+        goal = "yes" if r.regret["auto"][0] <= GOAL_WORST else "**no**"
+        lines.append(f"| {r.cell.replace(':', ' -> ', 1)} | {len(r.seeds)} | " + " | ".join(cols)
+                     + f" | {choices} | {goal} |")
+    totals = summary(results)
+    lines += ["", "| rule | worst-cell regret (pt) | mean regret (pt) |", "|---|---|---|"]
+    lines += [f"| {n} | {totals[k][0]:.1f} | {totals[k][1]:+.1f} |" for k, n in RULES]
+    worst, mean = totals["auto"]
+    lines += ["", f"auto's goal (worst cell <= {GOAL_WORST:g} pt, mean <= {GOAL_MEAN:g} pt) over "
+              f"{len(results)} cells: worst {worst:.1f} ({'met' if worst <= GOAL_WORST else 'missed'}), "
+              f"mean {mean:+.1f} ({'met' if mean <= GOAL_MEAN else 'missed'})."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="the --output folder of benchmarks/auto_evidence.py")
+    args = p.parse_args(argv)
+    results = judge(collect(read_records(args.folder)))
+    if not results:
+        raise SystemExit(f"No complete cell in {args.folder}: run benchmarks/auto_evidence.py first.")
+    print("Accuracy (%) per rule; in brackets the paired difference to the better baseline (bold), "
+          "mean ± SE: minus the regret. Choice per seed: P = paper (the source fits), N = never_hurt.\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

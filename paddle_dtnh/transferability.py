@@ -1,0 +1,425 @@
+r"""Does the source fit the target? A test before training that picks the rule.
+
+A transfer regularizer pulls the fine-tuned network toward the source. That
+pull helps where the source's features already suit the target and hurts
+where they do not, and no per-step signal tells the two apart (see
+``docs/rules.md``). This module measures it once, before the first step:
+score the features that feed the head on the target's training images,
+for the source network and for the same architecture re-initialised at
+random. The source *fits* when it beats the random network.
+
+Two scores, both closed form in float64 on the n x d feature matrix:
+
+* ``loo_ridge`` (decides): leave-one-out accuracy of a ridge probe on
+  one-hot targets (features standardised, an unpenalised bias, ridge
+  :math:`\lambda`). With the hat matrix :math:`H` and predictions
+  :math:`P = HY`, the leave-one-out prediction of row :math:`i` is
+  :math:`(P_i - H_{ii} Y_i) / (1 - H_{ii})`: no refit.
+* ``logme`` (reported): LogME (You et al., ICML 2021), the log evidence per
+  image of a Bayesian linear model of each class's one-hot column,
+  maximised over its prior and noise precisions by the paper's fixed-point
+  iteration, averaged over the classes.
+
+:func:`source_fit` returns a :class:`SourceFit`; ``DTNH(preset="auto",
+fit=report)`` runs ``report.rule``: the paper's rule where the source fits,
+``never_hurt`` where it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+from .rules import PRESETS, Rule
+
+__all__ = ["SourceFit", "source_fit", "loo_ridge_accuracy", "loo_ridge_predictions", "logme", "random_reinit"]
+
+#: the ridge of the leave-one-out probe (on standardised features)
+DEFAULT_RIDGE = 1.0
+#: the seed of the random network's initialisation
+DEFAULT_SEED = 0
+
+
+# -- the scores ------------------------------------------------------------
+def _checked_features(features, labels):
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (n, d), got shape {x.shape}.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{x.shape[0]} feature rows but {y.shape[0]} labels.")
+    bad = int((~np.isfinite(x)).any(axis=1).sum())
+    if bad:
+        raise ValueError(f"{bad} of {x.shape[0]} images have non-finite (NaN/Inf) features: check the "
+                         "images (NaN pixels) and the network's weights.")
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError(f"The source-fit test needs at least 2 classes; the labels hold {len(classes)}.")
+    if counts.min() < 2:
+        short = classes[counts < 2]
+        raise ValueError(f"Class(es) {short.tolist()} have a single image: leave-one-out cannot score a class "
+                         "it never saw. Give at least 2 images per class.")
+    if not _varying(x).any():
+        raise ValueError("Every feature is constant over the images: the network maps them all to the same "
+                         "point, so no probe can tell the classes apart.")
+    return x, y, classes
+
+
+def _varying(x):
+    return x.std(axis=0) > 1e-12 * max(1.0, float(np.abs(x).max()))
+
+
+def _standardised(x):
+    """Columns centred and scaled to unit variance; constant columns dropped."""
+    keep = _varying(x)
+    std = x.std(axis=0)
+    x = x[:, keep]
+    return (x - x.mean(axis=0)) / std[keep]
+
+
+def loo_ridge_accuracy(features, labels, ridge: float = DEFAULT_RIDGE) -> float:
+    r"""Leave-one-out accuracy of a ridge probe on ``features``, in closed form.
+
+    Features are standardised (constant ones dropped); the probe regresses
+    one-hot targets on them with an unpenalised bias and ridge
+    :math:`\lambda`. As the columns are centred, the hat matrix is
+    :math:`H = \tfrac{1}{n}\mathbf{1}\mathbf{1}^\top + U\,\mathrm{diag}
+    (s^2/(s^2+\lambda))\,U^\top` from the SVD :math:`F = USV^\top`, which
+    also holds when there are more features than images.
+
+    Args:
+        features (array): (n, d) features, one row per image.
+        labels (array): (n,) integer class labels; at least 2 classes and
+            2 images per class.
+        ridge (float, optional): :math:`\lambda > 0`. Default: 1.0.
+
+    Returns:
+        float: the share of images whose left-out prediction (argmax over
+        classes) is their label.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import numpy as np
+            >>> from paddle_dtnh.transferability import loo_ridge_accuracy
+            >>> x = np.array([[0.0], [0.1], [1.0], [1.1]])
+            >>> loo_ridge_accuracy(x, [0, 0, 1, 1])
+            1.0
+    """
+    classes, left_out, y = loo_ridge_predictions(features, labels, ridge)
+    return float((classes[left_out.argmax(axis=1)] == y).mean())
+
+
+def loo_ridge_predictions(features, labels, ridge: float = DEFAULT_RIDGE):
+    """``(classes, left-out predictions (n, classes), labels)`` of the probe of
+    :func:`loo_ridge_accuracy`: row i is the probe fitted without image i,
+    evaluated on image i (the features standardised once, on all n)."""
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge}.")
+    x, y, classes = _checked_features(features, labels)
+    f = _standardised(x)
+    n = f.shape[0]
+    targets = (y[:, None] == classes[None, :]).astype(np.float64)
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    shrink = s**2 / (s**2 + ridge)
+    coords = u.T @ targets
+    predictions = targets.mean(axis=0, keepdims=True) + u @ (shrink[:, None] * coords)
+    leverage = 1.0 / n + (u**2) @ shrink
+    left_out = (predictions - leverage[:, None] * targets) / (1.0 - leverage)[:, None]
+    return classes, left_out, y
+
+
+def _logme_column(sigma, proj, y_sq, n, d, tol=1e-6, max_iter=100):
+    """LogME evidence per image of one target column: the fixed point of
+    (alpha, beta) on the eigenvalues ``sigma`` of F^T F, ``proj`` = U^T y."""
+    alpha, beta = 1.0, 1.0
+    for _ in range(max_iter):
+        gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
+        m_sq = float((beta**2 * sigma * proj**2 / (alpha + beta * sigma) ** 2).sum())
+        # ||F m - y||^2: the part of y in F's range shrunk, the rest whole
+        in_range = float(((alpha / (alpha + beta * sigma)) ** 2 * proj**2).sum())
+        residual = in_range + max(y_sq - float((proj**2).sum()), 0.0)
+        new_alpha = gamma / max(m_sq, 1e-300)
+        new_beta = max(n - gamma, 1e-12) / max(residual, 1e-300)
+        done = abs(new_alpha - alpha) / alpha < tol and abs(new_beta - beta) / beta < tol
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    return _log_evidence(alpha, beta, sigma, proj, y_sq, n, d) / n
+
+
+def _log_evidence(alpha, beta, sigma, proj, y_sq, n, d):
+    """log p(y | F, alpha, beta) of the Bayesian linear model, from the
+    eigenvalues ``sigma`` (padded to d with zeros) and ``proj`` = U^T y."""
+    m_sq = float((beta**2 * sigma * proj**2 / (alpha + beta * sigma) ** 2).sum())
+    in_range = float(((alpha / (alpha + beta * sigma)) ** 2 * proj**2).sum())
+    residual = in_range + max(y_sq - float((proj**2).sum()), 0.0)
+    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * math.log(alpha)
+    return (n / 2 * math.log(beta) + d / 2 * math.log(alpha) - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * residual - alpha / 2 * m_sq - log_det / 2)
+
+
+def logme(features, labels) -> float:
+    r"""LogME (You et al., ICML 2021): mean over classes of the maximised log
+    evidence per image of a Bayesian linear model of the one-hot column.
+
+    The model: :math:`y = Fw + \epsilon`, :math:`w \sim N(0, \alpha^{-1}I)`,
+    :math:`\epsilon \sim N(0, \beta^{-1}I)`; :math:`\alpha, \beta` by the
+    paper's fixed-point iteration on the SVD of :math:`F`. The features are
+    used as they are (no standardisation), as in the paper. Higher is better.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import numpy as np
+            >>> from paddle_dtnh.transferability import logme
+            >>> rng = np.random.default_rng(0)
+            >>> y = np.repeat([0, 1], 20)
+            >>> separable = np.c_[y + 0.1 * rng.standard_normal(40), rng.standard_normal(40)]
+            >>> noise = rng.standard_normal((40, 2))
+            >>> logme(separable, y) > logme(noise, y)
+            True
+    """
+    x, y, classes = _checked_features(features, labels)
+    n, d = x.shape
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    sigma = s**2
+    values = []
+    for c in classes:
+        column = (y == c).astype(np.float64)
+        values.append(_logme_column(sigma, u.T @ column, float(column @ column), n, d))
+    return float(np.mean(values))
+
+
+# -- the random network ------------------------------------------------------
+_NORMS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D,
+          paddle.nn.SyncBatchNorm, paddle.nn.LayerNorm, paddle.nn.GroupNorm, paddle.nn.InstanceNorm1D,
+          paddle.nn.InstanceNorm2D, paddle.nn.InstanceNorm3D)
+
+
+def random_reinit(model: paddle.nn.Layer, seed: int = DEFAULT_SEED) -> paddle.nn.Layer:
+    """A copy of ``model`` with every parameter drawn afresh, reproducibly.
+
+    Works for any Layer, built here or not, by the role of each parameter:
+    normalisation layers get scale 1, shift 0, running mean 0 and variance 1;
+    every other tensor of 2 or more dimensions gets He (Kaiming) normal
+    values with fan-in from its shape (``Linear``: ``[in, out]``, so the first
+    dimension; convolutions: ``[out, in, kh, kw]``, so all but the first);
+    every other 1-d tensor (biases) is 0. The values come from a NumPy
+    generator seeded with ``seed``, so the copy does not depend on (or move)
+    Paddle's global random state. ``model`` is not touched.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.transferability import random_reinit
+            >>> net = paddle.nn.Sequential(paddle.nn.Linear(4, 3), paddle.nn.BatchNorm1D(3))
+            >>> fresh = random_reinit(net, seed=0)
+            >>> bool((fresh[0].weight == random_reinit(net, seed=0)[0].weight).all())
+            True
+            >>> float(fresh[0].bias.abs().sum()), float(fresh[1].weight.mean())
+            (0.0, 1.0)
+    """
+    fresh = copy.deepcopy(model)
+    rng = np.random.default_rng(seed)
+    with paddle.no_grad():
+        for _, layer in fresh.named_sublayers(include_self=True):
+            is_norm = isinstance(layer, _NORMS)
+            for name, p in layer.named_parameters(include_sublayers=False):
+                shape = list(p.shape)
+                if is_norm:
+                    value = np.ones(shape) if name.endswith(("weight", "variance")) else np.zeros(shape)
+                elif len(shape) >= 2:
+                    fan_in = shape[0] if isinstance(layer, paddle.nn.Linear) else int(np.prod(shape[1:]))
+                    value = rng.standard_normal(shape) * math.sqrt(2.0 / max(fan_in, 1))
+                else:
+                    value = np.zeros(shape)
+                p.set_value(paddle.to_tensor(value, dtype=p.dtype, place=p.place))
+    return fresh
+
+
+# -- features of a network -------------------------------------------------------
+def _batches(images, labels, batch_size):
+    """(x, y) batches from Tensors/arrays, a paddle.io.Dataset or a DataLoader."""
+    if isinstance(images, paddle.io.DataLoader):
+        if labels is not None:
+            raise ValueError("labels must be None when images is a DataLoader (it yields the labels).")
+        for batch in images:
+            yield _pair(batch)
+        return
+    if isinstance(images, paddle.io.Dataset):
+        if labels is not None:
+            raise ValueError("labels must be None when images is a Dataset (its items hold the labels).")
+        loader = paddle.io.DataLoader(images, batch_size=batch_size, shuffle=False, drop_last=False)
+        for batch in loader:
+            yield _pair(batch)
+        return
+    if labels is None:
+        raise ValueError("labels are required with image Tensors (or pass a paddle.io.Dataset/DataLoader).")
+    x = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(np.asarray(images, dtype=np.float32))
+    y = labels.numpy() if isinstance(labels, paddle.Tensor) else np.asarray(labels)
+    if x.shape[0] != len(y.reshape(-1)):
+        raise ValueError(f"{x.shape[0]} images but {len(y.reshape(-1))} labels.")
+    for lo in range(0, x.shape[0], batch_size):
+        yield x[lo : lo + batch_size], y.reshape(-1)[lo : lo + batch_size]
+
+
+def _pair(batch):
+    if isinstance(batch, dict):
+        raise TypeError("Dataset items must be (image, label) pairs, got a dict.")
+    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+        raise TypeError("Dataset/DataLoader items must be (image, label) pairs.")
+    x, y = batch[0], batch[1]
+    y = y.numpy() if isinstance(y, paddle.Tensor) else np.asarray(y)
+    return x, y.reshape(-1)
+
+
+@paddle.no_grad()
+def _head_inputs(network, head: str, batches) -> np.ndarray:
+    """The input of sublayer ``head`` for every image, flattened, in float64."""
+    layers = dict(network.named_sublayers())
+    if head not in layers:
+        raise ValueError(f"No sublayer named {head!r} in {type(network).__name__}; its head is one of "
+                         f"{list(layers)[-8:]} (the regularizers' head= convention).")
+    captured = []
+    handle = layers[head].register_forward_pre_hook(
+        lambda layer, inputs: captured.append(inputs[0].astype("float32").reshape([inputs[0].shape[0], -1])))
+    was_training = network.training
+    network.eval()
+    try:
+        for x in batches:
+            network(x)
+    finally:
+        handle.remove()
+        network.train() if was_training else None
+    if not captured:
+        raise ValueError("No images to score: the dataset is empty.")
+    return paddle.concat(captured).numpy().astype(np.float64)
+
+
+# -- the test ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceFit:
+    """What :func:`source_fit` measured and the rule it chose.
+
+    Attributes:
+        source_score (float): leave-one-out ridge accuracy of the source's features.
+        random_score (float): the same for the randomly initialised network.
+        advantage (float): ``source_score - random_score``.
+        fits (bool): ``advantage > 0``.
+        source_logme (float): LogME of the source's features.
+        random_logme (float): LogME of the random network's features.
+        num_images (int), num_features (int): the size of the feature matrix.
+        ridge (float), seed (int): the probe's ridge and the random network's seed.
+    """
+
+    source_score: float
+    random_score: float
+    source_logme: float
+    random_logme: float
+    num_images: int
+    num_features: int
+    ridge: float = DEFAULT_RIDGE
+    seed: int = DEFAULT_SEED
+
+    @property
+    def advantage(self) -> float:
+        return self.source_score - self.random_score
+
+    @property
+    def logme_advantage(self) -> float:
+        return self.source_logme - self.random_logme
+
+    @property
+    def fits(self) -> bool:
+        return self.advantage > 0
+
+    @property
+    def preset(self) -> str:
+        """The preset chosen: ``"paper"`` where the source fits, else ``"never_hurt"``."""
+        return "paper" if self.fits else "never_hurt"
+
+    @property
+    def rule(self) -> Rule:
+        return PRESETS[self.preset]
+
+    def as_dict(self) -> dict:
+        """The measurements and the decision, as plain values (state dicts, logs)."""
+        return {**dataclasses.asdict(self), "advantage": self.advantage, "fits": self.fits,
+                "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SourceFit:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def summary(self) -> str:
+        """One line: both scores, the decision and the rule."""
+        verdict = "fits" if self.fits else "does not fit"
+        return (f"source fit: LOO ridge accuracy {self.source_score:.3f} (source) vs {self.random_score:.3f} "
+                f"(random), advantage {self.advantage:+.3f}; LogME {self.source_logme:.3f} vs "
+                f"{self.random_logme:.3f}; the source {verdict} -> preset {self.preset!r} "
+                f"({self.num_images} images, {self.num_features} features)")
+
+    __str__ = summary
+
+
+def source_fit(source: paddle.nn.Layer, images, labels=None, *, head: str, batch_size: int = 64,
+               ridge: float = DEFAULT_RIDGE, seed: int = DEFAULT_SEED) -> SourceFit:
+    """Test, before training, whether ``source``'s features fit the target.
+
+    One forward pass of the training images through the source and through
+    a random re-initialisation of it (:func:`random_reinit`), in eval mode
+    without gradients; the input of the head (``head``, as the regularizers
+    name it) is scored by :func:`loo_ridge_accuracy` and :func:`logme`.
+    Nothing is trained and ``source`` is left as it was.
+
+    Args:
+        source (paddle.nn.Layer): the source network (e.g. the ImageNet model).
+        images (Tensor|ndarray|paddle.io.Dataset|paddle.io.DataLoader): the
+            target's training images, or a dataset/loader of (image, label).
+        labels (Tensor|ndarray, optional): class labels, with image tensors only.
+        head (str): name of the source's classifier sublayer (``"fc"`` for
+            paddle.vision's ResNet, ``"out"`` for the PaddleHub ResNet-18).
+        batch_size (int, optional): images per forward pass. Default: 64.
+        ridge (float, optional): the probe's ridge. Default: 1.0.
+        seed (int, optional): the random network's seed. Default: 0.
+
+    Returns:
+        SourceFit: both networks' scores and the rule to train with.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh import source_fit
+            >>> _ = paddle.seed(0)
+            >>> net = paddle.nn.Sequential(paddle.nn.Linear(2, 8), paddle.nn.ReLU(), paddle.nn.Linear(8, 2))
+            >>> x = paddle.randn([20, 2])
+            >>> y = (x[:, 0] > 0).astype("int64")
+            >>> report = source_fit(net, x, y, head="2")
+            >>> report.num_images, report.num_features, report.preset in ("paper", "never_hurt")
+            (20, 8, True)
+    """
+    if not isinstance(source, paddle.nn.Layer):
+        raise TypeError(f"source must be a paddle.nn.Layer, got {type(source).__name__}.")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    images_and_labels = list(_batches(images, labels, batch_size))
+    y = np.concatenate([b[1] for b in images_and_labels]) if images_and_labels else np.zeros(0)
+    xs = [b[0] if isinstance(b[0], paddle.Tensor) else paddle.to_tensor(np.asarray(b[0]))
+          for b in images_and_labels]
+    scores = {}
+    for name, network in (("source", source), ("random", random_reinit(source, seed))):
+        features = _head_inputs(network, head, xs)
+        scores[name] = (loo_ridge_accuracy(features, y, ridge), logme(features, y), features.shape)
+    (n, d) = scores["source"][2]
+    return SourceFit(source_score=scores["source"][0], random_score=scores["random"][0],
+                     source_logme=scores["source"][1], random_logme=scores["random"][1],
+                     num_images=int(n), num_features=int(d), ridge=float(ridge), seed=int(seed))
