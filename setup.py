@@ -6,11 +6,20 @@ Paddle itself is an extra, so a GPU user is never forced onto the CPU build:
         pip install -c constraints.txt -e ".[hub,dev]"
 """
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """The version from paddle_dtnh/_version.py (read, not imported: no Paddle needed)."""
+    with open("paddle_dtnh/_version.py", encoding="utf-8") as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
 
 setup(
     name="paddle_dtnh",
-    version="0.3.0",
+    version=_version(),
     description="DTNH: regularized deep transfer learning that never hurts, for PaddlePaddle",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -19,15 +19,13 @@ from ._quiet import import_paddle_quietly
 
 import_paddle_quietly()
 
-from . import _moved, attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
+from . import attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
 from .optimizer import DTNH, NONFINITE_POLICIES  # noqa: E402
-from .projection import RULES, dtnh_direction  # noqa: E402
+from .projection import dtnh_direction  # noqa: E402
 from .transferability import SourceFit, source_fit  # noqa: E402
 from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, REFERENCES, Rule, resolve_rule  # noqa: E402
 
-__version__ = "0.3.0"
-
-_moved.install()  # the 0.1 module paths (paddle_dtnh.io.files, .hub, ...) for one release
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "DTNH",
@@ -40,7 +38,6 @@ __all__ = [
     "GRANULARITIES",
     "ON_CONFLICT",
     "REFERENCES",
-    "RULES",
     "dtnh_direction",
     "attention",
     "diagnostics",

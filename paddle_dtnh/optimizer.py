@@ -95,18 +95,8 @@ def _in_float32(tensors):
 
 
 def _rule_of(preset, options: dict) -> Rule:
-    """The Rule of a DTNH: ``preset`` with the options given (0.1's ``rule=``
-    and ``project=`` spelled the new way, with a warning)."""
-    legacy_rule, project = options.pop("rule"), options.pop("project")
-    if legacy_rule is not _UNSET:
-        warnings.warn("DTNH(rule=...) is deprecated: use on_conflict=...", DeprecationWarning, stacklevel=3)
-        options["on_conflict"] = legacy_rule
-    if project is not _UNSET:
-        warnings.warn("DTNH(project=False) is deprecated: use preset='vanilla'", DeprecationWarning, stacklevel=3)
-        if not project:
-            options["on_conflict"] = "ignore"
-    given = {k: v for k, v in options.items() if v is not _UNSET}
-    return resolve_rule(preset, **given)
+    """The Rule of a DTNH: ``preset`` with the options given."""
+    return resolve_rule(preset, **{k: v for k, v in options.items() if v is not _UNSET})
 
 
 def _checked_fit(preset, fit):
@@ -259,12 +249,9 @@ class DTNH:
         eps: float = 1e-20,
         model: paddle.nn.Layer | None = None,
         fit=None,
-        rule=_UNSET,
-        project=_UNSET,
     ):
         options = dict(granularity=granularity, on_conflict=on_conflict, reference=reference,
-                       max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every,
-                       rule=rule, project=project)
+                       max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every)
         self.source_fit = _checked_fit(preset, fit)
         self.rule = _rule_of(fit.rule if preset == "auto" else preset, options)
         self.preset = preset if isinstance(preset, str) else None
@@ -311,12 +298,11 @@ class DTNH:
             print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
             getattr(logger, "on_source_fit", lambda report: None)(self.source_fit)
 
-    # -- the rule's fields, read-only (0.1 names) ------------------------------
+    # -- the rule's fields, read-only -------------------------------------------
     granularity = property(lambda self: self.rule.granularity)
     reference = property(lambda self: self.rule.reference)
     max_reg_ratio = property(lambda self: self.rule.max_reg_ratio)
     ema_decay = property(lambda self: self.rule.ema_decay)
-    project = property(lambda self: self.rule.projects)
 
     @staticmethod
     def _check_weight_decay(optimizer) -> None:
@@ -689,7 +675,7 @@ class DTNH:
             self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
             return
         ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
-        # 0.1 saved the on_conflict choice as "rule"
+        # 0.1 saved the on_conflict choice as "rule": its checkpoints still load
         saved_config = {"on_conflict" if k == "rule" else k: v for k, v in ours.items()}
         changed = [f"{k}: saved {saved_config[k]!r}, now {v!r}" for k, v in self._config().items()
                    if k in saved_config and saved_config[k] != v]

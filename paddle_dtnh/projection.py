@@ -34,7 +34,6 @@ optimizers; :class:`paddle_dtnh.DTNH` wires these functions to one.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,13 +42,9 @@ import paddle
 from ._checks import check_nonnegative, check_positive
 from ._ops import dots, scalar
 from .diagnostics import GradientProducts, direction_stats
-from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, Rule, resolve_rule
+from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, Rule
 
-__all__ = ["GRANULARITIES", "ON_CONFLICT", "RULES", "KeptPull", "dtnh_direction", "direction_stats"]
-
-#: Deprecated (0.1) name of :data:`paddle_dtnh.rules.ON_CONFLICT`'s projecting choices.
-RULES = ("project", "drop")
-
+__all__ = ["KeptPull", "dtnh_direction", "direction_stats"]
 
 @dataclass
 class KeptPull:
@@ -198,35 +193,14 @@ def _assemble(task_grads, reg_grads, ref, kept: KeptPull, lam, batch_reference, 
             for gj, go, r, s in zip(task_grads, reg_grads, ref, ref_scales)]
 
 
-_LEGACY = ("granularity", "project", "reference_grads", "max_reg_ratio")
-
-
-def _rule_from(rule, legacy: dict) -> Rule:
-    """The Rule of a call; the 0.1 keywords (and ``rule="drop"``) with a warning."""
-    unknown = sorted(set(legacy) - set(_LEGACY))
-    if unknown:
-        raise TypeError(f"dtnh_direction() got an unexpected keyword argument {unknown[0]!r}.")
-    changes = {}
-    if isinstance(rule, str) and rule not in PRESETS:
-        if rule in GRANULARITIES:  # 0.1's fourth positional argument
-            changes["granularity"] = rule
-        elif rule in ON_CONFLICT:
-            changes["on_conflict"] = rule
-        else:
-            raise ValueError(f"Invalid rule: {rule!r}; expected a paddle_dtnh.Rule or a preset "
-                             f"({', '.join(map(repr, PRESETS))}).")
-        rule = None
-    if "granularity" in legacy:
-        changes["granularity"] = legacy["granularity"]
-    if "max_reg_ratio" in legacy:
-        changes["max_reg_ratio"] = legacy["max_reg_ratio"]
-    if legacy.get("project", True) is False:
-        changes["on_conflict"] = "ignore"
-    if changes or legacy:
-        warnings.warn("dtnh_direction(granularity=, rule='drop', project=, max_reg_ratio=, reference_grads=) "
-                      "is deprecated: pass rule=paddle_dtnh.Rule(...) and reference=.",
-                      DeprecationWarning, stacklevel=3)
-    return resolve_rule(rule if rule is not None else "paper", **changes)
+def _rule_of(rule) -> Rule:
+    """``rule`` as a Rule (a preset name, a Rule, or None: the paper's)."""
+    if rule is None or isinstance(rule, Rule):
+        return rule or PRESETS["paper"]
+    if isinstance(rule, str) and rule in PRESETS:
+        return PRESETS[rule]
+    raise ValueError(f"Invalid rule: {rule!r}; expected a paddle_dtnh.Rule or a preset "
+                     f"({', '.join(map(repr, PRESETS))}).")
 
 
 def dtnh_direction(
@@ -239,7 +213,6 @@ def dtnh_direction(
     with_stats: bool = False,
     inplace: bool = False,
     eps: float = 1e-20,
-    **legacy,
 ):
     r"""Combine the empirical-loss and regularizer gradients the DTNH way.
 
@@ -314,9 +287,7 @@ def dtnh_direction(
             >>> d[0].numpy().tolist()
             [1.0, 0.0]
     """
-    if "reference_grads" in legacy:
-        reference = legacy["reference_grads"]
-    rule = _rule_from(rule, legacy)
+    rule = _rule_of(rule)
     lam = check_nonnegative("lam", lam)
     eps = check_positive("eps", eps)
     like = _check_aligned(task_grads, reg_grads, reference)

@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 from ._checks import check_choice, check_positive, check_positive_int, check_ratio
 
-__all__ = ["Rule", "PRESETS", "GRANULARITIES", "ON_CONFLICT", "REFERENCES", "resolve_rule", "resolve_preset"]
+__all__ = ["Rule", "PRESETS", "GRANULARITIES", "ON_CONFLICT", "REFERENCES", "resolve_rule"]
 
 #: ``"global"``: one block of all parameters (the paper). ``"layer"``: one
 #: block per parameter tensor. ``"coordinate"``: one block per scalar.
@@ -161,12 +161,3 @@ def resolve_rule(preset: str | Rule = "paper", **overrides) -> Rule:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))} "
                          "or a paddle_dtnh.Rule.")
     return rule.replace(**overrides) if overrides else rule
-
-
-def resolve_preset(name: str, **overrides) -> dict:
-    """Deprecated (0.1): the options of preset ``name`` as a dict; use :func:`resolve_rule`."""
-    import warnings
-
-    warnings.warn("resolve_preset is deprecated; use paddle_dtnh.rules.resolve_rule, which returns a Rule.",
-                  DeprecationWarning, stacklevel=2)
-    return resolve_rule(name, **overrides).as_dict()

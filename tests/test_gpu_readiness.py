@@ -74,7 +74,7 @@ class EveryOther(StepLogger):
 
 OPTIONS = [dict(preset="paper"), dict(granularity="layer"), dict(preset="never_hurt"),
            dict(granularity="coordinate", reference="ema"), dict(preset="paper", max_reg_ratio=1.0),
-           dict(project=False)]
+           dict(preset="vanilla")]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,14 +1,12 @@
-"""The library apart from the lab: what ``import paddle_dtnh`` loads, and the
-0.1 module paths kept for one release."""
+"""The library apart from the lab: what ``import paddle_dtnh`` loads; the 0.1
+module paths are gone in 0.4."""
 
 import importlib
 import subprocess
 import sys
-import warnings
 
 import pytest
 
-from paddle_dtnh._moved import MOVED
 
 
 def test_importing_the_library_loads_no_harness_and_no_optional_package():
@@ -32,11 +30,18 @@ def test_the_regularizers_import_no_model_zoo():
     assert out.strip().splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_a_moved_module_still_imports_with_a_warning(old):
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(MOVED[old])
-    assert any(issubclass(w.category, DeprecationWarning) and MOVED[old] in str(w.message) for w in caught)
+@pytest.mark.parametrize("old", ["paddle_dtnh.architectures", "paddle_dtnh.files", "paddle_dtnh.hub",
+                                 "paddle_dtnh.hapi", "paddle_dtnh.visualdl", "paddle_dtnh.stats",
+                                 "paddle_dtnh.presets", "paddle_dtnh.checkpoint", "paddle_dtnh.resnet_vd"])
+def test_the_0_1_module_paths_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
+
+
+def test_the_0_1_names_are_gone():
+    import paddle_dtnh
+    import paddle_dtnh.projection
+    import paddle_dtnh.rules
+
+    assert not hasattr(paddle_dtnh, "RULES") and not hasattr(paddle_dtnh.projection, "RULES")
+    assert not hasattr(paddle_dtnh.rules, "resolve_preset")

@@ -407,13 +407,13 @@ def test_a_preset_cap_can_be_switched_off():
     assert resolve_rule("never_hurt", max_reg_ratio=None) == PRESETS["never_hurt"].replace(max_reg_ratio=None)
 
 
-def test_deprecated_rule_and_project_arguments_still_work():
+def test_the_0_1_arguments_are_gone():
     _, net = perturbed_pair()
     inner = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
-    with pytest.warns(DeprecationWarning, match="on_conflict"):
-        assert DTNH(inner(), lam=1.0, rule="drop").rule.on_conflict == "drop"
-    with pytest.warns(DeprecationWarning, match="preset='vanilla'"):
-        assert DTNH(inner(), lam=1.0, project=False).rule == PRESETS["vanilla"]
+    for old in (dict(rule="drop"), dict(project=False)):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            DTNH(inner(), lam=1.0, **old)
+    assert not hasattr(DTNH(inner(), lam=1.0), "project")
 
 
 def test_paper_preset_equals_the_default_step_for_step():

@@ -394,18 +394,14 @@ def test_cap_scales_the_kept_pull_down_to_the_ratio(vs, lam, grid, batch_ref, ra
     assert np.linalg.norm(got) <= ratio * np.linalg.norm(gj) * (1 + 1e-9) + 1e-12
 
 
-def test_deprecated_keywords_give_the_same_direction():
-    gJ, gO, r = [T([1.0, -2.0]), T([0.5])], [T([-1.0, 1.0]), T([-2.0])], [T([1.0, 0.0]), T([1.0])]
-    new, _ = dtnh_direction(gJ, gO, 1.5, Rule(granularity="layer", on_conflict="drop", max_reg_ratio=0.5),
-                            reference=r)
-    with pytest.warns(DeprecationWarning, match="pass rule=paddle_dtnh.Rule"):
-        old, _ = dtnh_direction(gJ, gO, 1.5, granularity="layer", rule="drop", max_reg_ratio=0.5, reference_grads=r)
-    for a, b in zip(new, old):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.warns(DeprecationWarning):
-        vanilla, _ = dtnh_direction(gJ, gO, 1.5, project=False)
-    np.testing.assert_allclose(vanilla[0].numpy(), [1.0 - 1.5, -2.0 + 1.5])
-    assert dtnh_direction(gJ, gO, 1.5, "vanilla")[0][1].numpy().tolist() == [0.5 - 3.0]
+def test_the_0_1_keywords_are_gone():
+    gJ, gO = [T([1.0, -2.0])], [T([-1.0, 1.0])]
+    for old in (dict(granularity="layer"), dict(project=False), dict(reference_grads=gJ)):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            dtnh_direction(gJ, gO, 1.5, **old)
+    with pytest.raises(ValueError, match="Invalid rule: 'drop'"):
+        dtnh_direction(gJ, gO, 1.5, "drop")
+    assert dtnh_direction(gJ, gO, 1.5, "vanilla")[0][0].numpy().tolist() == [1.0 - 1.5, -2.0 + 1.5]
 
 
 def test_a_preset_name_is_a_rule():
