@@ -4,8 +4,9 @@ names (``layer1.0.conv1.weight``) instead of Paddle's generated ones
 in): validated whole before anything is written, then loaded.
 
 Paddle keeps no public API for this, so this module (and only this one)
-reads the optimizer's ``_accumulators`` and creates missing ones with
-``_create_accumulators`` as its first step would.
+reads the optimizer's ``_accumulators`` (and, under ``multi_precision``, its
+``_master_weights``, the float32 copies of low-precision parameters) and
+creates missing ones with ``_create_accumulators`` as its first step would.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def stable_names(params, model) -> list:
     return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
 
 
+def _paddle_master_weights(inner) -> dict:
+    """Paddle name -> master weight of a multi_precision optimizer (empty otherwise)."""
+    return dict(getattr(inner, "_master_weights", None) or {})
+
+
 class StructuredState:
     """The state of ``inner`` over ``params``, keyed by ``names``.
 
@@ -91,7 +97,13 @@ class StructuredState:
                 accumulators.setdefault(self._stable_of[param_name], {})[acc] = var
                 generated.add(var.name)
         other = {k: v for k, v in self.inner.state_dict().items() if k not in generated}
-        return {"format": FORMAT, "accumulators": accumulators, "other": other}
+        # multi_precision: the float32 master copy of each low-precision parameter
+        masters = other.pop("master_weights", None) or {}
+        master_weights = {self._stable_of[name]: var for name, var in masters.items() if name in self._stable_of}
+        state = {"format": FORMAT, "accumulators": accumulators, "other": other}
+        if master_weights:
+            state["master_weights"] = master_weights
+        return state
 
     def problems(self, saved) -> list:
         """What in a saved :meth:`state` does not fit (empty: it fits); nothing changes."""
@@ -120,6 +132,26 @@ class StructuredState:
                 else:
                     problems += tensor_problems(f"optimizer: {name} ({acc})", tensor, var)
         problems += [f"optimizer: {acc} of {name} is missing" for name, acc in expected if (name, acc) not in found]
+        return problems + self._master_problems(saved.get("master_weights", {}), params)
+
+    def _masters(self) -> dict:
+        """stable name -> the inner optimizer's master weight (multi_precision)."""
+        if self.params:
+            self._variables()  # the first step creates the master weights with the accumulators
+        return {self._stable_of[name]: var for name, var in _paddle_master_weights(self.inner).items()
+                if name in self._stable_of}
+
+    def _master_problems(self, saved: dict, params: dict) -> list:
+        expected = self._masters()
+        problems = []
+        for name, tensor in saved.items():
+            if name not in expected:
+                problems.append(f"optimizer: a master weight for {name}, which this optimizer keeps none for "
+                                "(saved with multi_precision=True?)")
+            else:
+                problems += tensor_problems(f"optimizer: master weight of {name}", tensor, expected[name])
+        problems += [f"optimizer: the master weight of {name} is missing (saved without multi_precision?)"
+                     for name in expected if saved and name not in saved]
         return problems
 
     def load(self, saved: dict) -> None:
@@ -132,6 +164,12 @@ class StructuredState:
                 for acc, value in per_acc.items():
                     var = variables[(name, acc)]
                     var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
+        masters = saved.get("master_weights", {})
+        if masters:
+            variables = self._masters()
+            for name, value in masters.items():
+                var = variables[name]
+                var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
         other = saved.get("other", {})
         schedule = self.inner._learning_rate
         if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:

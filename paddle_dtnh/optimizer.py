@@ -25,7 +25,7 @@ import warnings
 import paddle
 
 from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
-from ._hook_mode import PendingRegularizer
+from ._hook_mode import _ORDER, PendingRegularizer
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
 from .diagnostics import collect_step_stats
 from .distributed import all_reduce_mean
@@ -82,16 +82,11 @@ def _all_finite(tensors, like=None) -> paddle.Tensor:
 _HALF = (paddle.float16, paddle.bfloat16)
 
 
-def _in_float32(tensors):
-    """``(tensors in float32, back)``: half-precision gradients (float16
-    parameters under O2 AMP) are combined in float32, so the inner products
-    neither overflow nor round away; ``back`` casts directions to the
-    original dtypes. Float32 tensors pass through untouched (no copy)."""
-    dtypes = [None if t is None else t.dtype for t in tensors]
-    if not any(d in _HALF for d in dtypes):
-        return list(tensors), lambda ds: ds
-    up = [t if t is None or t.dtype not in _HALF else t.astype("float32") for t in tensors]
-    return up, lambda ds: [d if d is None or dt not in _HALF else d.astype(dt) for d, dt in zip(ds, dtypes)]
+def _in_float32(tensors) -> list:
+    """Half-precision gradients (float16 parameters under O2 AMP) as float32,
+    so the inner products neither overflow nor round away; float32 tensors
+    pass through untouched (no copy)."""
+    return [t if t is None or t.dtype not in _HALF else t.astype("float32") for t in tensors]
 
 
 def _rule_of(preset, options: dict) -> Rule:
@@ -188,6 +183,10 @@ class DTNH:
         on_nonfinite (str, optional): ``"skip"`` skips a step whose direction
             holds NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
+        max_consecutive_skips (int, optional): a run whose last this many
+            steps were all skipped (non-finite, GradScaler overflows
+            included) has diverged: the next skip raises
+            ``FloatingPointError`` with the step and what to try. Default: 50.
         track_stats (bool, optional): compute the diagnostics (angles,
             conflict, norms) into :attr:`last_stats` every step. Default: False.
         logger (paddle_dtnh.diagnostics.StepLogger, optional): gets every
@@ -244,6 +243,7 @@ class DTNH:
         holdout_every=_UNSET,
         holdout=None,
         on_nonfinite: str = "skip",
+        max_consecutive_skips: int = 50,
         track_stats: bool = False,
         logger=None,
         eps: float = 1e-20,
@@ -282,6 +282,8 @@ class DTNH:
         self.steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
         self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
+        self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        self._consecutive_skips = 0
         self.track_stats = track_stats
         self.logger = logger
         self.eps = check_positive("eps", eps)
@@ -418,14 +420,15 @@ class DTNH:
                 raise ValueError("omega was given but this DTNH has no regularizer.")
             self.regularizer.check_omega(omega)
             total = all_reduce_mean(paddle.grad(loss + self.lam * omega, params, allow_unused=True))
-            return self._apply(params, total, [None] * len(params), loss, omega, owns_grads=True)
+            # gO was never taken apart: no conflict was measured, so none is reported
+            return self._apply(params, total, [None] * len(params), loss, omega, owns_grads=True,
+                               measured_conflict=False)
         reg_grads = self._reg_grads(params, None if omega is None else scaled(omega))  # first: keeps the graph
         # under data parallelism paddle.grad gives this rank's gradient only
         task_grads = all_reduce_mean(paddle.grad(scaled(loss), params, allow_unused=True))
         if scale is not None:
-            _unscale(task_grads, scale)
-            if omega is not None and not self.regularizer.has_closed_form:  # a closed form never saw the scale
-                _unscale(reg_grads, scale)
+            task_grads = _unscaled(task_grads, scale)
+            reg_grads = self._unscaled_reg(reg_grads, scale)
         return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True, scaler=scaler)
 
     def regularize(self, omega: paddle.Tensor, *, scaler=None) -> paddle.Tensor:
@@ -450,11 +453,25 @@ class DTNH:
             raise ValueError("regularize() was called but this DTNH has no regularizer.")
         params = self._trainable()
         scale = _scale_of(scaler)
-        grads = self._reg_grads(params, omega if scale is None else scaler.scale(omega))
-        if scale is not None and not self.regularizer.has_closed_form:
-            _unscale(grads, scale)
+        try:
+            grads = self._reg_grads(params, omega if scale is None else scaler.scale(omega))
+        except (SystemError, RuntimeError) as err:
+            if "TensorWrapper" not in str(err):  # Paddle's words for a graph backward() already freed
+                raise
+            raise RuntimeError(
+                "regularize(omega) came after loss.backward() of the same forward pass, which freed the graph "
+                f"omega's gradient needs. Expected order: {_ORDER}. Weights and optimizer state are "
+                "unchanged.") from err
+        if scale is not None:
+            grads = self._unscaled_reg(grads, scale)
         self._pending.add(params, grads, omega.detach(), self.regularizer.take_graph_anchors())
         return omega.detach()
+
+    def _unscaled_reg(self, grads, scale) -> list:
+        """gO of a scaled omega, unscaled (a closed form never saw the scale)."""
+        if self.regularizer is None or self.regularizer.has_closed_form:
+            return grads
+        return _unscaled(grads, scale)
 
     def note_task_loss(self, loss: paddle.Tensor) -> None:
         """Hook mode: remember this batch's empirical loss for the logs of the
@@ -513,19 +530,19 @@ class DTNH:
         )
 
     def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads, scaler=None,
-               scaler_driven=False):
+               scaler_driven=False, measured_conflict=True):
         lam = self.lam
         with_stats = self._wants_stats()
         like = next((g for g in task_grads if g is not None), params[0])
         reference = self._reference.get(params, task_grads, self.num_steps + 1) if self.rule.projects else None
         # detach() shares storage (no copy) and lets Paddle write in place; in
         # hook mode that is p.grad itself, which the direction replaces anyway
-        task32, back = _in_float32([None if g is None else g.detach() for g in task_grads])
-        reg32, _ = _in_float32([None if g is None else g.detach() for g in reg_grads])
-        ref32 = None if reference is None else _in_float32(reference)[0]
+        task32 = _in_float32([None if g is None else g.detach() for g in task_grads])
+        reg32 = _in_float32([None if g is None else g.detach() for g in reg_grads])
+        ref32 = None if reference is None else _in_float32(reference)
         directions, stats = dtnh_direction(task32, reg32, lam, self.rule, reference=ref32, eps=self.eps,
                                            with_stats=with_stats, inplace=True)
-        directions = back(directions)
+        directions = [d if d is None or d.dtype == p.dtype else d.astype(p.dtype) for d, p in zip(directions, params)]
         # the one host sync of a step: whether to step at all
         finite = bool(_all_finite(directions, like))
         if scaler is not None:
@@ -545,6 +562,9 @@ class DTNH:
             for p in params:
                 p.clear_gradient(False)
         self.num_steps += 1
+        self._consecutive_skips = 0
+        if not measured_conflict:
+            stats.pop("conflict", None)
         stats = collect_step_stats(stats, lam=lam, task_loss=loss, reg_loss=omega)
         self.last_stats = stats
         if self.logger is not None:
@@ -562,6 +582,14 @@ class DTNH:
             f"({self.skipped_steps} skipped so far)"
         )
         self.last_stats = {"skipped": True}
+        self._consecutive_skips += 1
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{self._consecutive_skips} consecutive steps were skipped for a non-finite direction (the last "
+                f"at step {self.num_steps + self.skipped_steps}): the run has diverged. Weights and optimizer "
+                "state were left as at the last finite step. Try: lower the learning rate or lam, check the "
+                "inputs and labels for NaN/Inf, start from the last good checkpoint; under a GradScaler, a "
+                "smaller init_loss_scaling; or raise max_consecutive_skips.")
         if self.on_nonfinite == "raise" and not routine:
             raise FloatingPointError(
                 message + "; weights and optimizer state were left unchanged. "
@@ -703,11 +731,13 @@ def _scale_of(scaler):
     return scaler._scale
 
 
-def _unscale(grads, scale) -> None:
-    """Divide the gradients by the loss scale, in place (float32 math)."""
-    for g in grads:
-        if g is not None:
-            g.divide_(scale.astype(g.dtype).reshape([]))
+def _unscaled(grads, scale) -> list:
+    """The gradients divided by the loss scale, in float32: float32 ones in
+    place, half-precision ones into float32 copies (no rounding on the way;
+    :meth:`DTNH._apply` casts the direction back to each parameter's dtype)."""
+    scale = scale.astype("float32").reshape([])
+    return [None if g is None else g.divide_(scale) if g.dtype not in _HALF else g.astype("float32") / scale
+            for g in grads]
 
 
 def _tell_scaler(scaler, finite: bool) -> None:

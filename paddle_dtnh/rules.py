@@ -92,12 +92,32 @@ class Rule:
             object.__setattr__(self, "max_reg_ratio", check_positive("max_reg_ratio", self.max_reg_ratio))
         object.__setattr__(self, "ema_decay", check_ratio("ema_decay", self.ema_decay, low_open=False))
         object.__setattr__(self, "holdout_every", check_positive_int("holdout_every", self.holdout_every))
+        self._refuse_idle_options()
         if self.fallback is not None:
             if not isinstance(self.fallback, Rule) or self.fallback.reference == "holdout":
                 raise ValueError("fallback must be a Rule whose reference is not 'holdout' (it stands in "
                                  f"when no held-out loss is given), got {self.fallback!r}.")
             if self.reference != "holdout":
                 raise ValueError(f"fallback is only for reference='holdout' rules (this one: {self.reference!r}).")
+
+    def _refuse_idle_options(self) -> None:
+        """An option the rule would never read is an error, not a silent no-op."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if not self.projects:
+            if self.max_reg_ratio is not None:
+                raise ValueError("max_reg_ratio caps the pull a conflict rule keeps, but on_conflict='ignore' "
+                                 "keeps it all (the vanilla step) and never applies the cap: drop max_reg_ratio, "
+                                 "or use on_conflict='project' or 'drop'.")
+            if self.reference != "batch":
+                raise ValueError(f"on_conflict='ignore' never judges a conflict, so reference={self.reference!r} "
+                                 "would never be computed (nor holdout= called): use reference='batch' "
+                                 "(preset='vanilla'), or on_conflict='project' or 'drop'.")
+        if self.reference != "ema" and self.ema_decay != defaults["ema_decay"]:
+            raise ValueError(f"ema_decay is read by reference='ema' only; this rule's reference is "
+                             f"{self.reference!r}: drop ema_decay or set reference='ema'.")
+        if self.reference != "holdout" and self.holdout_every != defaults["holdout_every"]:
+            raise ValueError(f"holdout_every is read by reference='holdout' only; this rule's reference is "
+                             f"{self.reference!r}: drop holdout_every or set reference='holdout'.")
 
     @property
     def projects(self) -> bool:

@@ -9,7 +9,8 @@ import paddle.nn.functional as F
 import pytest
 from PIL import Image
 
-from paddle_dtnh import DTNH, files
+from paddle_dtnh import DTNH
+from paddle_dtnh.io import files
 from paddle_dtnh.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from paddle_dtnh.data import DATASETS
 from paddle_dtnh.regularizers import L2SP, KnowDist, SourceMismatchError, save_fisher

@@ -314,14 +314,19 @@ def test_without_a_scaler_nothing_changes():
 
 
 def test_half_precision_gradients_are_combined_in_float32():
-    from paddle_dtnh.optimizer import _in_float32
+    from paddle_dtnh.optimizer import _in_float32, _unscaled
 
-    gJ = [paddle.to_tensor([1.0, 0.0]).astype("bfloat16")]
-    up, back = _in_float32(gJ)
-    assert up[0].dtype == paddle.float32
-    assert back([paddle.to_tensor([0.5, 2.0])])[0].dtype == paddle.bfloat16
-    d, _ = dtnh_direction(up, [paddle.to_tensor([-1.0, 1.0])], 1.0)
-    np.testing.assert_allclose(back(d)[0].astype("float32").numpy(), [1.0, 1.0])
+    gJ = [paddle.to_tensor([1.0, 0.0]).astype("bfloat16"), None]
+    up = _in_float32(gJ)
+    assert up[0].dtype == paddle.float32 and up[1] is None
+    same = paddle.to_tensor([3.0])
+    assert _in_float32([same])[0] is same  # float32 passes through, no copy
+    d, _ = dtnh_direction(up[:1], [paddle.to_tensor([-1.0, 1.0])], 1.0)
+    np.testing.assert_allclose(d[0].numpy(), [1.0, 1.0])
+    # unscaling a half-precision gradient happens in float32, not in place in bfloat16
+    unscaled = _unscaled([paddle.to_tensor([512.0, 3.0]).astype("bfloat16")], paddle.to_tensor([256.0]))
+    assert unscaled[0].dtype == paddle.float32
+    np.testing.assert_array_equal(unscaled[0].numpy(), [2.0, 3.0 / 256.0])
 
 
 def test_paddle_model_with_amp_configs_trains_through_transfer_task():
