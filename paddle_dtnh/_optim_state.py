@@ -3,15 +3,16 @@ names (``layer1.0.conv1.weight``) instead of Paddle's generated ones
 (``conv2d_3.w_0_velocity_0``, which depend on the order layers were created
 in): validated whole before anything is written, then loaded.
 
-Paddle keeps no public API for this, so this module (and only this one)
-reads the optimizer's ``_accumulators`` (and, under ``multi_precision``, its
-``_master_weights``, the float32 copies of low-precision parameters) and
-creates missing ones with ``_create_accumulators`` as its first step would.
+Paddle keeps no public API for this: the optimizer's accumulators (and,
+under ``multi_precision``, its float32 master weights) are read, and
+created as its first step would, through :mod:`paddle_dtnh._paddle_compat`.
 """
 
 from __future__ import annotations
 
 import paddle
+
+from . import _paddle_compat as compat
 
 __all__ = ["FORMAT", "StructuredState", "optimizer_parameters", "stable_names", "tensor_problems"]
 
@@ -33,7 +34,7 @@ def tensor_problems(label: str, value, like) -> list:
 
 def optimizer_parameters(optimizer) -> list:
     """Every parameter an optimizer owns, flattening parameter groups."""
-    params = getattr(optimizer, "_parameter_list", None)
+    params = compat.parameter_list(optimizer)
     if not params:
         raise TypeError(
             f"{type(optimizer).__name__} has no parameter list; pass a "
@@ -49,11 +50,6 @@ def stable_names(params, model) -> list:
     model's structured name, else the parameter's position ("#3")."""
     named = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
     return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
-
-
-def _paddle_master_weights(inner) -> dict:
-    """Paddle name -> master weight of a multi_precision optimizer (empty otherwise)."""
-    return dict(getattr(inner, "_master_weights", None) or {})
 
 
 class StructuredState:
@@ -84,15 +80,14 @@ class StructuredState:
         now if it was not yet (as the first step would, with the same values)."""
         trainable = [p for p in self.params if not p.stop_gradient]
         if trainable:
-            block = paddle.static.default_main_program().global_block()
-            self.inner._create_accumulators(block, trainable)
-        return {(self._stable_of[param_name], acc): var for acc, per_param in self.inner._accumulators.items()
+            compat.create_accumulators(self.inner, trainable)
+        return {(self._stable_of[param_name], acc): var for acc, per_param in compat.accumulators(self.inner).items()
                 for param_name, var in per_param.items()}
 
     def state(self) -> dict:
         """``{"format", "accumulators": {name: {acc: tensor}}, "other": {...}}``."""
         accumulators, generated = {}, set()
-        for acc, per_param in self.inner._accumulators.items():
+        for acc, per_param in compat.accumulators(self.inner).items():
             for param_name, var in per_param.items():
                 accumulators.setdefault(self._stable_of[param_name], {})[acc] = var
                 generated.add(var.name)
@@ -138,7 +133,7 @@ class StructuredState:
         """stable name -> the inner optimizer's master weight (multi_precision)."""
         if self.params:
             self._variables()  # the first step creates the master weights with the accumulators
-        return {self._stable_of[name]: var for name, var in _paddle_master_weights(self.inner).items()
+        return {self._stable_of[name]: var for name, var in compat.master_weights(self.inner).items()
                 if name in self._stable_of}
 
     def _master_problems(self, saved: dict, params: dict) -> list:
@@ -171,7 +166,7 @@ class StructuredState:
                 var = variables[name]
                 var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
         other = saved.get("other", {})
-        schedule = self.inner._learning_rate
+        schedule = compat.learning_rate(self.inner)
         if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:
             schedule.set_state_dict(other["LR_Scheduler"])
 

@@ -24,6 +24,7 @@ import warnings
 
 import paddle
 
+from . import _paddle_compat as compat
 from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
 from ._hook_mode import _ORDER, PendingRegularizer
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
@@ -58,7 +59,7 @@ def _coupled_weight_decay(optimizer):
     decay = getattr(optimizer, "regularization", None)
     if decay is not None:
         return decay
-    coeff = getattr(optimizer, "_regularization_coeff", 0.0)
+    coeff = compat.l2_decay_coeff(optimizer)
     if coeff:
         return f"L2Decay({coeff})"
     return None
@@ -119,7 +120,7 @@ def _preset_name(rule: Rule):
     return next((name for name, r in PRESETS.items() if r == rule), None)
 
 
-class DTNH:
+class DTNH(compat.OptimizerFacade):
     r"""Make a regularized transfer-learning step "never hurt" the data fit.
 
     Wraps a ``paddle.optimizer.Optimizer``. Each step it gets the gradient
@@ -308,7 +309,7 @@ class DTNH:
 
     @staticmethod
     def _check_weight_decay(optimizer) -> None:
-        groups = [g for g in getattr(optimizer, "_param_groups", None) or [] if isinstance(g, dict)]
+        groups = compat.param_groups(optimizer)
         decays = [_coupled_weight_decay(optimizer)]
         # Momentum keeps a group's L2 coefficient apart from its weight_decay
         decays += [g.get("weight_decay") or (g.get("regularization_coeff") and
@@ -502,7 +503,7 @@ class DTNH:
             )
         params = self._trainable()
         reg_grads, omega = self._pending.collect(params)
-        task_grads = [p.grad if p._grad_ivar() is not None else None for p in params]
+        task_grads = [p.grad if compat.has_grad(p) else None for p in params]
         scaler_driven = self._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
         self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)
 
@@ -512,14 +513,12 @@ class DTNH:
         ``(None, [(param, direction), ...])`` as Paddle's does, for
         ``GradScaler.minimize`` and ``paddle.Model``."""
         self.step(loss)
-        return None, [(p, p.grad) for p in self._params if not p.stop_gradient and p._grad_ivar() is not None]
+        return None, [(p, p.grad) for p in self._params if not p.stop_gradient and compat.has_grad(p)]
 
-    # -- GradScaler's protocol: it hands found_inf to optimizers that take it
-    def _set_auxiliary_var(self, key, value):
-        self._aux[key] = value
-
-    def _get_auxiliary_var(self, key):
-        if key == "found_inf":  # the scaler lowers its scale when the step was skipped
+    def auxiliary_var(self, key):
+        """GradScaler's protocol: ``found_inf`` is whether the last step was
+        skipped (the scaler then lowers its scale); other keys as it set them."""
+        if key == "found_inf":
             return bool(self.last_stats.get("skipped", False))
         return self._aux.get(key)
 
@@ -610,27 +609,6 @@ class DTNH:
     def parameters(self) -> list:
         """Every parameter the inner optimizer owns."""
         return list(self._params)
-
-    @property
-    def _name(self):
-        """The inner optimizer's name (``paddle.Model.load`` reads it)."""
-        return getattr(self._inner, "_name", None)
-
-    @property
-    def _learning_rate(self):
-        return self._inner._learning_rate
-
-    @_learning_rate.setter
-    def _learning_rate(self, value):
-        self._inner._learning_rate = value
-
-    @property
-    def _parameter_list(self):
-        return self._inner._parameter_list
-
-    @property
-    def _param_groups(self):
-        return getattr(self._inner, "_param_groups", None)
 
     def get_lr(self) -> float:
         return self._inner.get_lr()
@@ -728,7 +706,7 @@ def _scale_of(scaler):
     """The loss scale of an enabled GradScaler (a 0-d tensor), else None."""
     if scaler is None or not scaler.is_enable():
         return None
-    return scaler._scale
+    return compat.loss_scale(scaler)
 
 
 def _unscaled(grads, scale) -> list:
@@ -742,8 +720,5 @@ def _unscaled(grads, scale) -> list:
 
 def _tell_scaler(scaler, finite: bool) -> None:
     """Explicit mode: let an enabled GradScaler count the step and update its scale."""
-    if not scaler.is_enable():
-        return
-    scaler._cache_found_inf = not finite
-    if scaler._use_dynamic_loss_scaling:
-        scaler._update()
+    if scaler.is_enable():
+        compat.report_found_inf(scaler, not finite)

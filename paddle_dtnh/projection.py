@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import paddle
 
+from . import _paddle_compat as compat
 from ._checks import check_nonnegative, check_positive
 from ._ops import dots, scalar
 from .diagnostics import GradientProducts, direction_stats
@@ -82,7 +83,7 @@ def _check_aligned(task_grads, reg_grads, reference) -> paddle.Tensor:
             continue
         first_name, first = present[0]
         for name, g in present[1:]:
-            if list(g.shape) != list(first.shape) or g.dtype != first.dtype or not g.place._equals(first.place):
+            if list(g.shape) != list(first.shape) or g.dtype != first.dtype or not compat.same_place(g.place, first.place):
                 raise ValueError(
                     f"Gradient {i}: {first_name} has shape {list(first.shape)}, dtype {first.dtype} "
                     f"and place {first.place}, {name} has shape {list(g.shape)}, dtype {g.dtype} and "

@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import paddle
 
+from . import _paddle_compat as compat
+
 from ._optim_state import tensor_problems as _tensor_problems
 from .distributed import all_reduce_mean
 
@@ -146,9 +148,7 @@ class frozen_batch_norm:
     def __enter__(self):
         if self.model is None:
             return self
-        for layer in self.model.sublayers(include_self=True):
-            if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
-                self._saved += [(layer._mean, layer._mean.clone()), (layer._variance, layer._variance.clone())]
+        self._saved = [(stat, stat.clone()) for stat in compat.batch_norm_statistics(self.model)]
         return self
 
     def __exit__(self, *exc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import paddle
 
+from .. import _paddle_compat as compat
 from ..optimizer import DTNH
 
 __all__ = ["DTNHCallback"]
@@ -40,7 +41,7 @@ class DTNHCallback(paddle.callbacks.Callback):
     """
 
     def _dtnh(self) -> DTNH:
-        opt = getattr(self.model, "_optimizer", None)
+        opt = compat.hapi_optimizer(self.model)
         if not isinstance(opt, DTNH):
             raise TypeError("DTNHCallback needs a model prepared with a paddle_dtnh.DTNH optimizer.")
         return opt
