@@ -12,7 +12,7 @@ from __future__ import annotations
 import paddle
 import paddle.distributed as dist
 
-__all__ = ["world_size", "rank", "init_from_launcher", "all_reduce_mean"]
+__all__ = ["world_size", "rank", "init_from_launcher", "all_reduce_mean", "synchronised"]
 
 
 def world_size() -> int:
@@ -88,3 +88,41 @@ def all_reduce_mean(grads: list) -> list:
     pieces = paddle.split(flat, [g.size for g in present])
     averaged = iter(p.reshape(g.shape) for p, g in zip(pieces, present))
     return [None if g is None else next(averaged) for g in grads]
+
+
+def _agree(grads) -> bool:
+    """Whether ``grads`` hold the same values on every rank, by a fingerprint
+    (a position-weighted sum and the sum of squares) compared as max == min:
+    one collective of 4 numbers and one host read."""
+    sums = [g.astype("float32").sum() for g in grads]
+    squares = [(g.astype("float32") ** 2).sum() for g in grads]
+    weights = paddle.arange(1, len(sums) + 1, dtype="float32")
+    local = paddle.stack([(paddle.stack(sums) * weights).sum(), paddle.stack(squares).sum()])
+    both = paddle.concat([local, -local])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)  # [max, -min]
+    return bool((both[:2] == -both[2:]).all())
+
+
+def synchronised(grads: list) -> list:
+    """The ranks' mean of gradients that ``backward()`` accumulated: as they
+    are where they already agree on every rank (``paddle.DataParallel``'s
+    reducer averaged them, e.g. under ``paddle.Model``), averaged here where
+    they do not (a loop that calls ``backward()`` on the wrapped layer without
+    ``DataParallel.forward``, as PaddleHub's Trainer does with more than one
+    device: the reducer never runs). One process: ``grads`` unchanged.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.distributed import synchronised
+            >>> synchronised([paddle.ones([2]), None])[0].numpy().tolist()  # one rank: unchanged
+            [1.0, 1.0]
+    """
+    if world_size() == 1:
+        return list(grads)
+    _check_same_nones(grads, world_size())
+    present = [g for g in grads if g is not None]
+    if not present or _agree(present):
+        return list(grads)
+    return all_reduce_mean(grads)

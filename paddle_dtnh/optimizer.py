@@ -29,7 +29,7 @@ from ._checks import check_choice, check_nonnegative, check_positive, check_posi
 from ._hook_mode import _ORDER, PendingRegularizer
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
 from .diagnostics import collect_step_stats
-from .distributed import all_reduce_mean
+from .distributed import all_reduce_mean, synchronised
 from .io import files
 from .projection import dtnh_direction
 from .references import make_reference
@@ -503,7 +503,8 @@ class DTNH(compat.OptimizerFacade):
             )
         params = self._trainable()
         reg_grads, omega = self._pending.collect(params)
-        task_grads = [p.grad if compat.has_grad(p) else None for p in params]
+        # under data parallelism: averaged here unless DataParallel's reducer already did
+        task_grads = synchronised([p.grad if compat.has_grad(p) else None for p in params])
         scaler_driven = self._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
         self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)
 

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.multiprocess
+
 WORKER = pathlib.Path(__file__).with_name("dp_worker.py")
 
 
