@@ -29,7 +29,7 @@ from ._checks import check_choice, check_nonnegative, check_positive, check_posi
 from ._hook_mode import _ORDER, PendingRegularizer
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
 from .diagnostics import collect_step_stats
-from .distributed import all_reduce_mean, synchronised
+from .distributed import all_reduce_mean, rank, synchronised
 from .io import files
 from .projection import dtnh_direction
 from .references import make_reference
@@ -298,7 +298,8 @@ class DTNH(compat.OptimizerFacade):
         self._warned_no_loss = False
         self._aux = {}  # GradScaler's auxiliary variables (found_inf)
         if self.source_fit is not None:
-            print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
+            if rank() == 0:  # one line per job, not per process
+                print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
             getattr(logger, "on_source_fit", lambda report: None)(self.source_fit)
 
     # -- the rule's fields, read-only -------------------------------------------

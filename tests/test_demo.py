@@ -165,8 +165,8 @@ def test_the_scenarios_set_defaults_the_options_override():
         sys.path.remove(str(ROOT / "demo"))
     helps = transfer.parse_args(["--scenario", "helps"])
     assert (helps.source, helps.target, helps.source_epochs, helps.source_images, helps.iterations) == (
-        "fashion-mnist-a", "fashion-mnist-a", 4, 30000, 100)
-    assert "dtnh_l2sp@never_hurt" in helps.methods
+        "mnist5k", "mnist5k", 4, 4000, 100)
+    assert "dtnh_l2sp@auto" in helps.methods
     hurts = transfer.parse_args(["--iterations", "7"])
     assert (hurts.source, hurts.target, hurts.iterations, hurts.methods) == (
         "mnist5k", "digits", 7, transfer.DEFAULT_METHODS)
