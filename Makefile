@@ -4,7 +4,7 @@ VENV ?= .venv
 EXTRAS ?= cpu,hub,dev
 BIN := $(VENV)/bin
 
-.PHONY: install test demo clean fashion-mnist
+.PHONY: install test demo clean fashion-mnist wheel wheel-check
 
 install: $(VENV)/.installed
 
@@ -35,5 +35,22 @@ test: install
 demo: install
 	OMP_NUM_THREADS=2 $(BIN)/python demo/transfer.py
 
+# a wheel and an sdist in dist/, built in an isolated environment
+wheel: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist . >/dev/null
+	@ls dist
+
+# the wheel as users install it: a fresh venv, not editable, the cpu and hub
+# extras and the constraints; then the README quickstart and the PaddleHub
+# module from an empty directory, so nothing can come from the source tree
+WHEEL_VENV ?= .venv-wheel
+wheel-check: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet --upgrade pip
+	$(WHEEL_VENV)/bin/pip install --quiet -c constraints.txt "$$(ls dist/*.whl)[cpu,hub]"
+	cd "$$(mktemp -d)" && OMP_NUM_THREADS=2 $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tools/wheel_smoke.py $(CURDIR)/README.md
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(WHEEL_VENV) dist build *.egg-info

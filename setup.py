@@ -32,6 +32,6 @@ setup(
         "cpu": ["paddlepaddle>=3.0"],
         "hub": ["paddlehub==2.4.0", "visualdl>=2.5"],
         "demo": ["scikit-learn", "mlxtend", "matplotlib", "tqdm"],
-        "dev": ["pytest", "hypothesis", "scikit-learn", "mlxtend", "matplotlib", "tqdm"],
+        "dev": ["pytest", "hypothesis", "scikit-learn", "scipy", "mlxtend", "matplotlib", "tqdm", "build"],
     },
 )

@@ -246,8 +246,10 @@ def random_reinit(model: paddle.nn.Layer, seed: int = DEFAULT_SEED) -> paddle.nn
 
 # -- features of a network -------------------------------------------------------
 def _batches(images, labels, batch_size):
-    """(x, y) batches from Tensors/arrays, a paddle.io.Dataset or a DataLoader."""
-    if isinstance(images, paddle.io.DataLoader):
+    """(x, y) batches from Tensors/arrays, a paddle.io.Dataset, or a
+    DataLoader (any iterable of (images, labels) batches)."""
+    is_array = isinstance(images, (paddle.Tensor, np.ndarray, list))
+    if not is_array and not isinstance(images, paddle.io.Dataset) and hasattr(images, "__iter__"):
         if labels is not None:
             raise ValueError("labels must be None when images is a DataLoader (it yields the labels).")
         for batch in images:
@@ -383,7 +385,8 @@ def source_fit(source: paddle.nn.Layer, images, labels=None, *, head: str, batch
     Args:
         source (paddle.nn.Layer): the source network (e.g. the ImageNet model).
         images (Tensor|ndarray|paddle.io.Dataset|paddle.io.DataLoader): the
-            target's training images, or a dataset/loader of (image, label).
+            target's training images, or a dataset of (image, label) items,
+            or a loader (any iterable) of (images, labels) batches.
         labels (Tensor|ndarray, optional): class labels, with image tensors only.
         head (str): name of the source's classifier sublayer (``"fc"`` for
             paddle.vision's ResNet, ``"out"`` for the PaddleHub ResNet-18).
