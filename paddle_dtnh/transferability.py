@@ -248,7 +248,7 @@ def random_reinit(model: paddle.nn.Layer, seed: int = DEFAULT_SEED) -> paddle.nn
 def _batches(images, labels, batch_size):
     """(x, y) batches from Tensors/arrays, a paddle.io.Dataset, or a
     DataLoader (any iterable of (images, labels) batches)."""
-    is_array = isinstance(images, (paddle.Tensor, np.ndarray, list))
+    is_array = isinstance(images, (paddle.Tensor, np.ndarray)) or (isinstance(images, list) and labels is not None)
     if not is_array and not isinstance(images, paddle.io.Dataset) and hasattr(images, "__iter__"):
         if labels is not None:
             raise ValueError("labels must be None when images is a DataLoader (it yields the labels).")

@@ -153,6 +153,8 @@ def test_source_fit_reads_datasets_and_loaders_as_tensors():
     assert source_fit(net, dataset, head="fc", batch_size=7) == expected
     assert source_fit(net, paddle.io.DataLoader(dataset, batch_size=16), head="fc") == expected
     assert source_fit(net, x.numpy(), y.numpy(), head="fc") == expected
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 60, 16)]  # any iterable of batches
+    assert source_fit(net, batches, head="fc") == expected
 
 
 def test_source_fit_leaves_the_source_untouched():
