@@ -21,6 +21,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddle_dtnh import DTNH
+from paddle_dtnh._layers import evaluating
 from paddle_dtnh.data import load_dataset, to_tensor_batch
 from paddle_dtnh.distributed import rank, world_size
 from paddle_dtnh.io import files
@@ -149,16 +150,12 @@ def _pretrain(path, settings, data_root, progress, checkpoint_every=100):
 @paddle.no_grad()
 def evaluate(model, x, y, batch=250):
     """Mean cross-entropy and accuracy of ``model`` in eval mode."""
-    was_training = model.training
-    model.eval()
     losses, correct = [], 0
-    with paddle.no_grad():  # no graph to record
+    with paddle.no_grad(), evaluating(model):  # no graph to record
         for lo in range(0, x.shape[0], batch):
             logits = model(x[lo : lo + batch])
             losses.append(F.cross_entropy(logits, y[lo : lo + batch], reduction="sum"))
             correct += int((logits.argmax(axis=1) == y[lo : lo + batch]).astype("int64").sum())
-    if was_training:
-        model.train()
     return float(paddle.add_n(losses)) / x.shape[0], correct / x.shape[0]
 
 

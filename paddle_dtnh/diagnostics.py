@@ -188,12 +188,8 @@ def direction_stats(products: GradientProducts, kept, lam: float, *, granularity
     if kept.masks is not None:
         pj, po = _f64(p.pj), _f64(p.po)
         pp = po
-    elif kept.keep is not None:
-        k = _f64(kept.keep)
-        pj, po, pp = k * jo, k * oo, k * oo
     else:
-        c = _f64(kept.coef)
-        pj, po, pp = jo - c * rj, oo - c * ro, oo - 2.0 * c * ro + c * c * rr
+        pp, po, pj = kept.products(oo, ro, rr, jo, rj, cast=_f64)
     s = _f64(kept.cap)  # the cap scales gO' by s
     if s is not None:
         pj, po, pp = s * pj, s * po, s * s * pp

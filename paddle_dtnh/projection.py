@@ -43,7 +43,7 @@ from . import _paddle_compat as compat
 from ._checks import check_nonnegative, check_positive
 from ._ops import dots, scalar
 from .diagnostics import GradientProducts, direction_stats
-from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, Rule
+from .rules import PRESETS, Rule
 
 __all__ = ["KeptPull", "dtnh_direction", "direction_stats"]
 
@@ -62,6 +62,19 @@ class KeptPull:
     coef: paddle.Tensor | None = None
     masks: list | None = None
     cap: paddle.Tensor | None = None
+
+    def products(self, oo, ro, rr, jo=None, rj=None, cast=lambda t: t):
+        """Per tensor, from the per-tensor products of gO, r and gJ (``oo`` =
+        <gO, gO>, ``ro`` = <r, gO>, ``rr``, ``jo``, ``rj``): ``(||gO'||^2,
+        <gO', gO>, <gO', gJ>)`` before the cap (the last None without ``jo``).
+        For ``keep`` and ``coef`` rules only (``masks`` need a pass over the
+        coordinates). ``cast`` converts the rule's factors (float64 stats)."""
+        if self.keep is not None:
+            k = cast(self.keep)
+            return k * oo, k * oo, None if jo is None else k * jo
+        c = cast(self.coef)  # gO' = gO - c r
+        return (oo - 2.0 * c * ro + c * c * rr, oo - c * ro,
+                None if jo is None else jo - c * rj)
 
 
 def _check_aligned(task_grads, reg_grads, reference) -> paddle.Tensor:
@@ -159,12 +172,9 @@ def _kept_norm_sq(kept: KeptPull, reg_grads, ref, ro, rr, oo, granularity, like)
     if kept.masks is not None:
         return dots(reg_grads, reg_grads, like).sum()
     oo = oo if oo is not None else dots(reg_grads, reg_grads, like)
-    if kept.keep is not None:
-        return (kept.keep * oo).sum()
-    # ||gO_b - c_b r_b||^2 = oo - 2 c ro + c^2 rr, per block
-    c = kept.coef
-    oo, ro, rr = _blocks(oo, granularity), _blocks(ro, granularity), _blocks(rr, granularity)
-    return paddle.clip(oo - 2.0 * c * ro + c * c * rr, min=0.0).sum()
+    if kept.keep is None:  # per block: the projection's coefficient is one per block
+        oo, ro, rr = _blocks(oo, granularity), _blocks(ro, granularity), _blocks(rr, granularity)
+    return paddle.clip(kept.products(oo, ro, rr)[0], min=0.0).sum()
 
 
 def _cap_factor(ratio, lam, task_sq, kept_sq) -> paddle.Tensor:

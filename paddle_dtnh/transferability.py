@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
+from ._layers import evaluating
 from .rules import PRESETS, Rule
 
 __all__ = ["SourceFit", "source_fit", "loo_ridge_accuracy", "loo_ridge_predictions", "logme", "random_reinit"]
@@ -292,14 +293,12 @@ def _head_inputs(network, head: str, batches) -> np.ndarray:
     captured = []
     handle = layers[head].register_forward_pre_hook(
         lambda layer, inputs: captured.append(inputs[0].astype("float32").reshape([inputs[0].shape[0], -1])))
-    was_training = network.training
-    network.eval()
     try:
-        for x in batches:
-            network(x)
+        with evaluating(network):
+            for x in batches:
+                network(x)
     finally:
         handle.remove()
-        network.train() if was_training else None
     if not captured:
         raise ValueError("No images to score: the dataset is empty.")
     return paddle.concat(captured).numpy().astype(np.float64)

@@ -17,10 +17,11 @@ import os
 import numpy as np
 import paddle
 
+from .._layers import IMAGE_SPEC, evaluating
+
 __all__ = ["IMAGE_SPEC", "save_inference_model", "load_predictor", "predict"]
 
 #: float32 NCHW images of any batch size and size, 3 channels
-IMAGE_SPEC = (paddle.static.InputSpec(shape=[None, 3, None, None], dtype="float32", name="image"),)
 
 
 def save_inference_model(model: paddle.nn.Layer, path_prefix: str, *, input_spec=IMAGE_SPEC) -> dict:
@@ -50,13 +51,8 @@ def save_inference_model(model: paddle.nn.Layer, path_prefix: str, *, input_spec
             ...                  atol=1e-5))
             True
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         paddle.jit.save(paddle.jit.to_static(model, input_spec=list(input_spec), full_graph=True), path_prefix)
-    finally:
-        if was_training:
-            model.train()
     return {"model": _model_file(path_prefix), "params": path_prefix + ".pdiparams"}
 
 

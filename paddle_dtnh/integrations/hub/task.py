@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from ..._layers import loss_and_accuracy
 from ...optimizer import DTNH
 
 __all__ = ["TransferTask", "held_out_loss"]
@@ -108,10 +109,7 @@ class TransferTask(paddle.nn.Layer):
         images, labels = batch[0], batch[1]
         labels = labels.reshape([-1, 1]).astype("int64")
         self._check_batch(images, labels)
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        acc = paddle.metric.accuracy(F.softmax(logits, axis=-1), labels)
-        return loss, acc
+        return loss_and_accuracy(self(images), labels)
 
     def _num_classes(self):
         linears = [layer for layer in self.model.sublayers() if isinstance(layer, paddle.nn.Linear)]

@@ -23,6 +23,7 @@ import paddle
 import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
+from paddle_dtnh._layers import IMAGE_SPEC, evaluating, loss_and_accuracy
 from paddle_dtnh.io.files import read_state_dict
 from paddle_dtnh.integrations.hub.transforms import imagenet_transform
 from paddle_dtnh.models.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
@@ -65,7 +66,7 @@ class ResNet18VDModule(ResNet18VD):
     """
 
     #: what save_inference_model traces: float32 NCHW images, any batch and size
-    input_spec = [paddle.static.InputSpec(shape=[None, 3, None, None], dtype="float32", name="image")]
+    input_spec = list(IMAGE_SPEC)
 
     def __init__(self, label_list=None, num_classes=None, weights=None, load_checkpoint=None):
         if label_list is not None and num_classes is not None and len(label_list) != num_classes:
@@ -101,13 +102,8 @@ class ResNet18VDModule(ResNet18VD):
     def save_inference_model(self, dirname, *args, **kwargs):
         """PaddleHub's export, traced in eval mode (BatchNorm uses its running
         statistics, as :meth:`predict` does), whatever mode training left."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return super(ResNet18VDModule, self).save_inference_model(dirname, *args, **kwargs)
-        finally:
-            if was_training:
-                self.train()
 
     @staticmethod
     def preprocess(images, size=224):
@@ -133,23 +129,15 @@ class ResNet18VDModule(ResNet18VD):
             list[dict]: per image, the ``top_k`` labels (from ``label_list``,
             else class indices) and their probabilities.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             probs = F.softmax(self(self.preprocess(images, size))[0], axis=-1).numpy()
-        finally:
-            if was_training:
-                self.train()
         names = self.labels or list(range(probs.shape[1]))
         top_k = min(top_k, probs.shape[1])
         return [{names[i]: float(p[i]) for i in np.argsort(-p)[:top_k]} for p in probs]
 
     def _step(self, batch):
-        images, labels = batch[0], batch[1]
-        logits, _ = self(images)
-        labels = labels.reshape([-1, 1]).astype("int64")
-        loss = F.cross_entropy(logits, labels)
-        acc = paddle.metric.accuracy(F.softmax(logits, axis=-1), labels)
+        logits, _ = self(batch[0])
+        loss, acc = loss_and_accuracy(logits, batch[1])
         return {"loss": loss, "metrics": {"acc": acc}}
 
     def training_step(self, batch, batch_idx):
