@@ -1,4 +1,4 @@
-"""Hook mode's bookkeeping: gO per micro-batch, paired with the loop's backward().
+"""Hook mode: gO per micro-batch, paired with the loop's backward(), then the step.
 
 In hook mode the loop owns the backward pass, so gJ arrives in ``p.grad``
 (summed over micro-batches) while gO arrives through ``regularize(omega)``.
@@ -20,9 +20,14 @@ Hooks are host callbacks during backward: no device synchronisation.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
-__all__ = ["PendingRegularizer"]
+from . import _amp as amp
+from . import _paddle_compat as compat
+from .distributed import synchronised
+
+__all__ = ["PendingRegularizer", "HookLoop"]
 
 _ORDER = ("each micro-batch: output, omega = reg.run(x); opt.regularize(omega); loss.backward(); "
           "then opt.step() once (and opt.clear_grad())")
@@ -141,3 +146,55 @@ class PendingRegularizer:
         if passes > 1:  # accumulated micro-batches: gJ is a sum of that many gradients, so is gO
             grads = [None if g is None else g.scale_(float(passes)) for g in grads]
         return grads, None
+
+
+class HookLoop:
+    """``regularize(omega)`` per micro-batch, the loop's ``backward()``, then
+    ``step()``, for one :class:`~paddle_dtnh.DTNH`: gO taken and paired here,
+    gJ read from ``p.grad``, then the shared step."""
+
+    def __init__(self, dtnh):
+        self.dtnh = dtnh
+        self.pending = PendingRegularizer(dtnh)
+        self._noted_loss = None  # from note_task_loss(), for the logs
+        self._warned_no_loss = False
+
+    def regularize(self, omega, *, scaler=None):
+        if self.dtnh.regularizer is None:
+            raise ValueError("regularize() was called but this DTNH has no regularizer.")
+        params = self.dtnh._trainable()
+        scale = amp.scale_of(scaler)
+        try:
+            grads = self.dtnh._reg_grads(params, omega if scale is None else scaler.scale(omega))
+        except (SystemError, RuntimeError) as err:
+            if "TensorWrapper" not in str(err):  # Paddle's words for a graph backward() already freed
+                raise
+            raise RuntimeError(
+                "regularize(omega) came after loss.backward() of the same forward pass, which freed the graph "
+                f"omega's gradient needs. Expected order: {_ORDER}. Weights and optimizer state are "
+                "unchanged.") from err
+        if scale is not None:
+            grads = self.dtnh._unscaled_reg(grads, scale)
+        self.pending.add(params, grads, omega.detach(), self.dtnh.regularizer.take_graph_anchors())
+        return omega.detach()
+
+    def note_task_loss(self, loss):
+        self._noted_loss = loss.detach()
+
+    def step(self, loss=None):
+        loss = loss if loss is not None else self._noted_loss
+        self._noted_loss = None
+        if loss is None and self.dtnh.logger is not None and not self._warned_no_loss:
+            self._warned_no_loss = True
+            warnings.warn(
+                "DTNH.step() got no empirical loss, so its logger cannot write it: wrap the model in "
+                "paddle_dtnh.integrations.hub.TransferTask (hub.Trainer, paddle.Model), or call "
+                "opt.note_task_loss(loss) or opt.step(loss).",
+                stacklevel=2,
+            )
+        params = self.dtnh._trainable()
+        reg_grads, omega = self.pending.collect(params)
+        # under data parallelism: averaged here unless DataParallel's reducer already did
+        task_grads = synchronised([p.grad if compat.has_grad(p) else None for p in params])
+        scaler_driven = self.dtnh._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
+        self.dtnh._step_along(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)

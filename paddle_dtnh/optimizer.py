@@ -1,22 +1,26 @@
 """``DTNH``: wraps any Paddle optimizer and feeds it the DTNH direction.
 
-Only wiring lives here; each job has its own module:
+DTNH itself holds what both loops share: the rule (chosen at construction,
+``preset="auto"`` included), the lam schedule, the step along the direction
+(:meth:`DTNH._step_along`: reference, kernel, finiteness check, the inner
+optimizer's ``step()``), the skip policy, stats and logging, and its
+checkpoint state. Each loop is its own object:
 
-1. gather ``gJ`` (``paddle.grad`` in :meth:`DTNH.update`, ``p.grad`` after
-   the loop's own ``backward()`` in :meth:`DTNH.step`) and ``gO``
-   (``regularizer.grads``; in hook mode accumulated per micro-batch by
-   :class:`paddle_dtnh._hook_mode.PendingRegularizer`);
-2. the reference conflicts are judged against (:mod:`paddle_dtnh.references`);
-3. the direction (:func:`paddle_dtnh.projection.dtnh_direction`, the rule a
-   :class:`paddle_dtnh.rules.Rule`);
-4. check it is finite (the one host sync of a step), write it into each
-   parameter's ``.grad`` and call the inner optimizer's ``step()``;
-5. checkpoints by structured parameter names (:mod:`paddle_dtnh._optim_state`).
+* :class:`paddle_dtnh._explicit_mode.ExplicitLoop`: ``update(loss, omega)``,
+  both gradients by ``paddle.grad``;
+* :class:`paddle_dtnh._hook_mode.HookLoop`: ``regularize(omega)`` per
+  micro-batch, the loop's ``backward()``, then ``step()``.
+
+Elsewhere: the reference (:mod:`paddle_dtnh.references`), the direction
+(:func:`paddle_dtnh.projection.dtnh_direction`), mixed precision
+(:mod:`paddle_dtnh._amp`), checkpoints by structured parameter names
+(:mod:`paddle_dtnh._optim_state`), every private Paddle name
+(:mod:`paddle_dtnh._paddle_compat`). Why DTNH wraps an optimizer instead of
+subclassing ``paddle.optimizer.Optimizer``: docs/design.md.
 
 The inner optimizer's own update rule, learning-rate schedule, ``grad_clip``
 and ``weight_decay`` are untouched; clip and decay act on the direction.
 """
-
 from __future__ import annotations
 
 import logging
@@ -26,10 +30,12 @@ import paddle
 
 from . import _paddle_compat as compat
 from ._checks import check_choice, check_nonnegative, check_positive, check_positive_int, check_ratio
-from ._hook_mode import _ORDER, PendingRegularizer
+from . import _amp as amp
+from ._explicit_mode import ExplicitLoop
+from ._hook_mode import HookLoop
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
 from .diagnostics import collect_step_stats
-from .distributed import all_reduce_mean, rank, synchronised
+from .distributed import rank
 from .io import files
 from .projection import dtnh_direction
 from .references import make_reference
@@ -63,31 +69,6 @@ def _coupled_weight_decay(optimizer):
     if coeff:
         return f"L2Decay({coeff})"
     return None
-
-
-def _all_finite(tensors, like=None) -> paddle.Tensor:
-    """A 0-d bool tensor: every entry of every tensor is finite.
-
-    A tensor's plain sum is NaN or Inf exactly when an entry is, or when its
-    entries add up beyond the float range (|entries| ~1e31 on average in
-    float32, a step that would wreck the weights anyway); a sum of squares
-    would overflow already at ~1e16. One read per tensor, no temporary (half
-    the cost of ``isfinite(t).all()`` on CPU)."""
-    sums = [paddle.sum(t.astype("float32") if t.dtype in (paddle.float16, paddle.bfloat16) else t)
-            for t in tensors if t is not None]
-    if sums:
-        return paddle.isfinite(paddle.stack(sums)).all()
-    return paddle.full([], True, dtype="bool", device=None if like is None else like.place)
-
-
-_HALF = (paddle.float16, paddle.bfloat16)
-
-
-def _in_float32(tensors) -> list:
-    """Half-precision gradients (float16 parameters under O2 AMP) as float32,
-    so the inner products neither overflow nor round away; float32 tensors
-    pass through untouched (no copy)."""
-    return [t if t is None or t.dtype not in _HALF else t.astype("float32") for t in tensors]
 
 
 def _rule_of(preset, options: dict) -> Rule:
@@ -293,9 +274,8 @@ class DTNH(compat.OptimizerFacade):
         self.skipped_steps = 0  # steps skipped for a non-finite direction
         self._epoch = 0
         self.last_stats: dict = {}
-        self._pending = PendingRegularizer(self)  # hook mode: gO per micro-batch, paired with backward()
-        self._noted_loss = None  # from note_task_loss(), for the logs
-        self._warned_no_loss = False
+        self._explicit = ExplicitLoop(self)  # update()
+        self._hook = HookLoop(self)  # regularize(), step(): gO per micro-batch, paired with backward()
         self._aux = {}  # GradScaler's auxiliary variables (found_inf)
         if self.source_fit is not None:
             if rank() == 0:  # one line per job, not per process
@@ -407,31 +387,7 @@ class DTNH(compat.OptimizerFacade):
             and, with ``track_stats`` or on the logger's steps, the
             diagnostics; ``{"skipped": True}`` for a skipped step.
         """
-        if self._pending.active:
-            raise RuntimeError(
-                "update() was called while regularize() results are pending for step(): use one loop per "
-                "optimizer (explicit: update(loss, omega); hook: regularize(omega), loss.backward(), step()).")
-        params = self._trainable()
-        if self.regularizer is not None:
-            self.regularizer.take_graph_anchors()  # only hook mode pairs through them
-        scale = _scale_of(scaler)
-        scaled = (lambda t: t) if scale is None else (lambda t: scaler.scale(t))
-        if omega is not None and not self.rule.projects and not self._wants_stats() and scale is None:
-            # the vanilla baseline needs no separate gradients: one backward
-            if self.regularizer is None:
-                raise ValueError("omega was given but this DTNH has no regularizer.")
-            self.regularizer.check_omega(omega)
-            total = all_reduce_mean(paddle.grad(loss + self.lam * omega, params, allow_unused=True))
-            # gO was never taken apart: no conflict was measured, so none is reported
-            return self._apply(params, total, [None] * len(params), loss, omega, owns_grads=True,
-                               measured_conflict=False)
-        reg_grads = self._reg_grads(params, None if omega is None else scaled(omega))  # first: keeps the graph
-        # under data parallelism paddle.grad gives this rank's gradient only
-        task_grads = all_reduce_mean(paddle.grad(scaled(loss), params, allow_unused=True))
-        if scale is not None:
-            task_grads = _unscaled(task_grads, scale)
-            reg_grads = self._unscaled_reg(reg_grads, scale)
-        return self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=True, scaler=scaler)
+        return self._explicit.update(loss, omega, scaler=scaler)
 
     def regularize(self, omega: paddle.Tensor, *, scaler=None) -> paddle.Tensor:
         """Hook mode: take gO of ``omega`` now, for the coming :meth:`step`.
@@ -451,34 +407,18 @@ class DTNH(compat.OptimizerFacade):
         Returns:
             Tensor: ``omega`` detached, for logging.
         """
-        if self.regularizer is None:
-            raise ValueError("regularize() was called but this DTNH has no regularizer.")
-        params = self._trainable()
-        scale = _scale_of(scaler)
-        try:
-            grads = self._reg_grads(params, omega if scale is None else scaler.scale(omega))
-        except (SystemError, RuntimeError) as err:
-            if "TensorWrapper" not in str(err):  # Paddle's words for a graph backward() already freed
-                raise
-            raise RuntimeError(
-                "regularize(omega) came after loss.backward() of the same forward pass, which freed the graph "
-                f"omega's gradient needs. Expected order: {_ORDER}. Weights and optimizer state are "
-                "unchanged.") from err
-        if scale is not None:
-            grads = self._unscaled_reg(grads, scale)
-        self._pending.add(params, grads, omega.detach(), self.regularizer.take_graph_anchors())
-        return omega.detach()
+        return self._hook.regularize(omega, scaler=scaler)
 
     def _unscaled_reg(self, grads, scale) -> list:
         """gO of a scaled omega, unscaled (a closed form never saw the scale)."""
         if self.regularizer is None or self.regularizer.has_closed_form:
             return grads
-        return _unscaled(grads, scale)
+        return amp.unscaled(grads, scale)
 
     def note_task_loss(self, loss: paddle.Tensor) -> None:
         """Hook mode: remember this batch's empirical loss for the logs of the
         coming :meth:`step` (when the loop calls ``step()`` without it)."""
-        self._noted_loss = loss.detach()
+        self._hook.note_task_loss(loss)
 
     def step(self, loss: paddle.Tensor | None = None) -> None:
         """Hook mode: combine ``p.grad`` (gJ from ``backward()``) with gO and step.
@@ -492,22 +432,7 @@ class DTNH(compat.OptimizerFacade):
             loss (Tensor, optional): the empirical loss, for the logs only.
                 Default: the one given to :meth:`note_task_loss`, if any.
         """
-        loss = loss if loss is not None else self._noted_loss
-        self._noted_loss = None
-        if loss is None and self.logger is not None and not self._warned_no_loss:
-            self._warned_no_loss = True
-            warnings.warn(
-                "DTNH.step() got no empirical loss, so its logger cannot write it: wrap the model in "
-                "paddle_dtnh.integrations.hub.TransferTask (hub.Trainer, paddle.Model), or call "
-                "opt.note_task_loss(loss) or opt.step(loss).",
-                stacklevel=2,
-            )
-        params = self._trainable()
-        reg_grads, omega = self._pending.collect(params)
-        # under data parallelism: averaged here unless DataParallel's reducer already did
-        task_grads = synchronised([p.grad if compat.has_grad(p) else None for p in params])
-        scaler_driven = self._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
-        self._apply(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)
+        self._hook.step(loss)
 
     def minimize(self, loss=None, startup_program=None, parameters=None, no_grad_set=None):
         """What Paddle's dygraph ``minimize`` does after ``loss.backward()``:
@@ -530,7 +455,7 @@ class DTNH(compat.OptimizerFacade):
             self.logger is not None and self.logger.wants_stats(self.num_steps + 1)
         )
 
-    def _apply(self, params, task_grads, reg_grads, loss, omega, *, owns_grads, scaler=None,
+    def _step_along(self, params, task_grads, reg_grads, loss, omega, *, owns_grads, scaler=None,
                scaler_driven=False, measured_conflict=True):
         lam = self.lam
         with_stats = self._wants_stats()
@@ -538,16 +463,16 @@ class DTNH(compat.OptimizerFacade):
         reference = self._reference.get(params, task_grads, self.num_steps + 1) if self.rule.projects else None
         # detach() shares storage (no copy) and lets Paddle write in place; in
         # hook mode that is p.grad itself, which the direction replaces anyway
-        task32 = _in_float32([None if g is None else g.detach() for g in task_grads])
-        reg32 = _in_float32([None if g is None else g.detach() for g in reg_grads])
-        ref32 = None if reference is None else _in_float32(reference)
+        task32 = amp.in_float32([None if g is None else g.detach() for g in task_grads])
+        reg32 = amp.in_float32([None if g is None else g.detach() for g in reg_grads])
+        ref32 = None if reference is None else amp.in_float32(reference)
         directions, stats = dtnh_direction(task32, reg32, lam, self.rule, reference=ref32, eps=self.eps,
                                            with_stats=with_stats, inplace=True)
         directions = [d if d is None or d.dtype == p.dtype else d.astype(p.dtype) for d, p in zip(directions, params)]
         # the one host sync of a step: whether to step at all
-        finite = bool(_all_finite(directions, like))
+        finite = bool(amp.all_finite(directions, like))
         if scaler is not None:
-            _tell_scaler(scaler, finite)
+            amp.tell_scaler(scaler, finite)
         if not finite:
             return self._skip(params, owns_grads, routine=scaler is not None or scaler_driven)
         if with_stats and self.regularizer is not None and omega is None:
@@ -619,7 +544,7 @@ class DTNH(compat.OptimizerFacade):
         self._inner.set_lr(value)
 
     def clear_grad(self, set_to_zero: bool = True) -> None:
-        self._pending.clear()
+        self._hook.pending.clear()
         self._aux = {}
         self._inner.clear_grad(set_to_zero)
 
@@ -702,25 +627,3 @@ class DTNH(compat.OptimizerFacade):
     def __repr__(self) -> str:
         reg = type(self.regularizer).__name__ if self.regularizer is not None else None
         return f"DTNH({type(self._inner).__name__}, regularizer={reg}, lam={self.lam0}, {self.rule})"
-
-
-def _scale_of(scaler):
-    """The loss scale of an enabled GradScaler (a 0-d tensor), else None."""
-    if scaler is None or not scaler.is_enable():
-        return None
-    return compat.loss_scale(scaler)
-
-
-def _unscaled(grads, scale) -> list:
-    """The gradients divided by the loss scale, in float32: float32 ones in
-    place, half-precision ones into float32 copies (no rounding on the way;
-    :meth:`DTNH._apply` casts the direction back to each parameter's dtype)."""
-    scale = scale.astype("float32").reshape([])
-    return [None if g is None else g.divide_(scale) if g.dtype not in _HALF else g.astype("float32") / scale
-            for g in grads]
-
-
-def _tell_scaler(scaler, finite: bool) -> None:
-    """Explicit mode: let an enabled GradScaler count the step and update its scale."""
-    if scaler.is_enable():
-        compat.report_found_inf(scaler, not finite)

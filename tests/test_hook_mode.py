@@ -314,7 +314,7 @@ def test_without_a_scaler_nothing_changes():
 
 
 def test_half_precision_gradients_are_combined_in_float32():
-    from paddle_dtnh.optimizer import _in_float32, _unscaled
+    from paddle_dtnh._amp import in_float32 as _in_float32, unscaled as _unscaled
 
     gJ = [paddle.to_tensor([1.0, 0.0]).astype("bfloat16"), None]
     up = _in_float32(gJ)

@@ -79,7 +79,7 @@ def logs(tmp_path_factory):
         reg = L2SP(model, source, alpha=0.5, beta=0.1)
         logger = DTNHLogger(str(root / name.replace("/", "_")), interval=2, display_name=name)
         opt = DTNH(paddle.optimizer.SGD(0.1, parameters=model.parameters()), reg, lam=1.0,
-                   project=name.startswith("dtnh"), logger=logger)
+                   preset="paper" if name.startswith("dtnh") else "vanilla", logger=logger)
         losses = []
         for _ in range(4):
             out, omega = reg.run(paddle.randn([6, 4]))
