@@ -175,9 +175,6 @@ def run_transfer(
         (``diagnostics``: angles 1-4, conflict, losses), and ``seconds``.
     """
     spec = method_spec(method)
-    rule = spec.rule  # preset "auto": the test's choice, below
-    # data parallel (paddle.distributed.launch): every rank draws the same
-    # global batch and trains on its share; DTNH averages the gradients
     world, me = world_size(), rank()
     if cfg.batch_size < world:
         raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} data-parallel ranks.")
@@ -186,114 +183,68 @@ def run_transfer(
     rng = np.random.default_rng(seed)
     # a holdout rule with a fallback and no held-out images configured runs
     # its fallback, as DTNH does without holdout= (with its warning)
-    needs_holdout = rule.reference == "holdout" and (_has_held_out_images(cfg) or rule.fallback is None)
+    needs_holdout = spec.rule.reference == "holdout" and (_has_held_out_images(cfg) or spec.rule.fallback is None)
     train_idx, held_idx = _holdout_images(target, cfg, seed, needs_holdout)
     x_train = to_tensor_batch(target.train.images[train_idx], cfg.image_size)
     y_train = paddle.to_tensor(target.train.labels[train_idx])
-    test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
-            paddle.to_tensor(target.test.labels[: cfg.max_test]))
 
+    # Paddle's random state is drawn from in this order: source, head, regularizer
     source = load_source(source_path, cfg.arch)
-    fit = None
-    if spec.rule_name == "auto":  # before the head is drawn; the test uses no Paddle randomness
-        fit = fit_report(source, target, cfg, seed)
-        rule = fit.rule
+    fit = fit_report(source, target, cfg, seed) if spec.rule_name == "auto" else None  # draws nothing
     model = target_from(source, target.num_classes)
-
-    batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
-               for i in range(0, len(train_idx), cfg.batch_size)]
-    attention = None
-    if spec.regularizer == "delta":
-        attention = compute_attention(source, batches, num_classes=target.num_classes, progress=progress)
-    reg = build_regularizer(spec.regularizer, model, source, cfg, attention)
+    reg = _regularizer(spec, model, source, x_train, y_train, target, cfg, progress)
     schedule = paddle.optimizer.lr.PiecewiseDecay(
         [max(1, int(cfg.lr_drop_at * cfg.iterations))], [cfg.lr, cfg.lr * 0.1])
     inner = paddle.optimizer.Momentum(schedule, momentum=cfg.momentum, parameters=model.parameters())
-    # a run shorter than the interval still records its last step
-    stats_interval = min(cfg.stats_interval, cfg.iterations)
-    vdl = None
-    if log_dir and me == 0:
-        from paddle_dtnh.integrations.visualdl import DTNHLogger
-
-        vdl = DTNHLogger(log_dir, interval=stats_interval, display_name=f"{method}/seed{seed}")
-    recorder = Recorder(stats_interval)
+    recorder, vdl = _loggers(cfg, log_dir if me == 0 else None, f"{method}/seed{seed}")
     loggers = LoggerGroup([recorder, vdl])
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    holdout, folds = None, None
-    if needs_holdout:
-        if cfg.holdout_every is not None:
-            rule = rule.replace(holdout_every=cfg.holdout_every)
-        if cfg.holdout_source == "cross":  # folds of positions in the training set, one class share each
-            folds = _cross_folds(target.train.labels[train_idx], cfg.holdout_per_class, seed)
-            held = lambda: (x_train[folds.current], y_train[folds.current])  # noqa: E731
-        elif cfg.holdout_source == "next":  # the positions peeked before each step
-            held = lambda: (x_train[upcoming[0]], y_train[upcoming[0]])  # noqa: E731
-        else:
-            x_held = to_tensor_batch(target.train.images[held_idx], cfg.image_size)
-            y_held = paddle.to_tensor(target.train.labels[held_idx])
-            held = lambda: (x_held, y_held)  # noqa: E731
-
-        def holdout_loss():
-            x, y = held()
-            return F.cross_entropy(model(x), y)
-
-        holdout = holdout_loss
+    held = _HeldOut.of(cfg, target, train_idx, held_idx, x_train, y_train, seed) if needs_holdout else None
+    rule = fit.rule if fit is not None else spec.rule
+    if held is not None and cfg.holdout_every is not None:
+        rule = rule.replace(holdout_every=cfg.holdout_every)
     opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
-               steps_per_epoch=steps_per_epoch, logger=loggers, holdout=holdout,
+               steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size), logger=loggers,
+               holdout=None if held is None else held.loss_of(model),
                **(dict(preset="auto", fit=fit) if fit is not None else dict(preset=rule)))
-
-    curve = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
-
-    def evaluate_at(it):
-        train_loss, _ = evaluate(model, x_train, y_train)
-        test_loss, test_acc = evaluate(model, *test)
-        for k, v in zip(curve, (it, train_loss, test_loss, test_acc)):
-            curve[k].append(v)
-        loggers.log_eval(it, test_loss, test_acc)
-        return test_acc
+    curve = _Curve(model, (x_train, y_train), target, cfg, loggers)
 
     order, first = [], 1
-    upcoming = [None]  # holdout_source "next": the next step's batch, peeked before each update
     if checkpoint and os.path.isfile(checkpoint):
         state = load_checkpoint(checkpoint, model, opt)
         first, order = state["iteration"] + 1, list(state["order"])
         rng.bit_generator.state = state["rng"]
-        curve.update({k: list(v) for k, v in state["curve"].items()})
+        curve.values.update({k: list(v) for k, v in state["curve"].items()})
         recorder.steps, recorder.values = list(state["logged_steps"]), {k: list(v) for k, v in state["logged"].items()}
     else:
-        evaluate_at(0)
+        curve.evaluate_at(0)
     model.train()
     with progress_bar(cfg.iterations, f"{spec.label} (seed {seed})", progress and me == 0) as bar:
         bar.update(first - 1)
         for it in range(first, cfg.iterations + 1):
-            if folds is not None:
-                folds.at_step(it, rule.holdout_every)
+            if held is not None:
+                held.at_step(it, rule.holdout_every)
             batch, order = _next_batch(order, cfg.batch_size, len(train_idx), rng,
-                                       exclude=folds.current_set if folds is not None else ())
-            if needs_holdout and cfg.holdout_source == "next":
-                order, peeked = _peek_batch(order, cfg.batch_size, len(train_idx), rng)
-                upcoming[0] = paddle.to_tensor(np.asarray(peeked))
-            share = batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
-            b = paddle.to_tensor(np.asarray(share))
-            x = x_train[b]
-            if cfg.augment:
-                x = augment(x, rng, cfg.flip)
+                                       exclude=held.excluded() if held is not None else ())
+            if held is not None and held.peeks:
+                order = held.peek(order, cfg.batch_size, len(train_idx), rng)
+            share = paddle.to_tensor(np.asarray(batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]))
+            x = augment(x_train[share], rng, cfg.flip) if cfg.augment else x_train[share]
             logits, omega = reg.run(x)
-            opt.update(F.cross_entropy(logits, y_train[b]), omega)
+            opt.update(F.cross_entropy(logits, y_train[share]), omega)
             schedule.step()
             if it % cfg.eval_interval == 0 or it == cfg.iterations:
-                acc = evaluate_at(it)
-                bar.set_postfix(test_acc=f"{acc:.3f}")
+                bar.set_postfix(test_acc=f"{curve.evaluate_at(it):.3f}")
             if checkpoint and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations \
                     and me == 0:
                 save_checkpoint(checkpoint, model, opt, iteration=it, order=[int(i) for i in order],
-                                rng=rng.bit_generator.state, curve=curve, logged_steps=recorder.steps,
+                                rng=rng.bit_generator.state, curve=curve.values, logged_steps=recorder.steps,
                                 logged=recorder.values)
             bar.update(1)
     if vdl is not None:
         vdl.close()
     if checkpoint and me == 0 and os.path.isfile(checkpoint):
         os.remove(checkpoint)  # the run is complete: its result is what counts now
+    curve = curve.values
     return {
         "method": method,
         "seed": seed,
@@ -307,6 +258,95 @@ def run_transfer(
         "seconds": time.time() - start,
         "config": asdict(cfg),
     }
+
+
+def _regularizer(spec, model, source, x_train, y_train, target, cfg, progress):
+    """The method's regularizer; DELTA's attention from the source on the training batches."""
+    attention = None
+    if spec.regularizer == "delta":
+        batches = [(x_train[i : i + cfg.batch_size], y_train[i : i + cfg.batch_size])
+                   for i in range(0, x_train.shape[0], cfg.batch_size)]
+        attention = compute_attention(source, batches, num_classes=target.num_classes, progress=progress)
+    return build_regularizer(spec.regularizer, model, source, cfg, attention)
+
+
+def _loggers(cfg, log_dir, display_name):
+    """(the in-memory Recorder, a VisualDL logger or None); a run shorter than
+    the stats interval still records its last step."""
+    interval = min(cfg.stats_interval, cfg.iterations)
+    vdl = None
+    if log_dir:
+        from paddle_dtnh.integrations.visualdl import DTNHLogger
+
+        vdl = DTNHLogger(log_dir, interval=interval, display_name=display_name)
+    return Recorder(interval), vdl
+
+
+class _Curve:
+    """The evaluations of a run: train and test loss, test accuracy."""
+
+    def __init__(self, model, train, target, cfg, loggers):
+        self.model, self.train, self.loggers = model, train, loggers
+        self.test = (to_tensor_batch(target.test.images[: cfg.max_test], cfg.image_size),
+                     paddle.to_tensor(target.test.labels[: cfg.max_test]))
+        self.values = {"iteration": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
+
+    def evaluate_at(self, it) -> float:
+        train_loss, _ = evaluate(self.model, *self.train)
+        test_loss, test_acc = evaluate(self.model, *self.test)
+        for k, v in zip(self.values, (it, train_loss, test_loss, test_acc)):
+            self.values[k].append(v)
+        self.loggers.log_eval(it, test_loss, test_acc)
+        return test_acc
+
+
+class _HeldOut:
+    """Where a holdout rule's images come from, step by step (a value of
+    :data:`HOLDOUT_SOURCES`): fixed tensors ("extra", "budget"), the fold
+    held out this step ("cross") or the batch the next step trains on ("next")."""
+
+    def __init__(self, x_train, y_train, fixed=None, folds=None, peeks=False):
+        self.x_train, self.y_train = x_train, y_train
+        self.fixed, self.folds, self.peeks = fixed, folds, peeks
+        self.upcoming = None  # "next": positions peeked before each step
+
+    @classmethod
+    def of(cls, cfg, target, train_idx, held_idx, x_train, y_train, seed):
+        if cfg.holdout_source == "cross":  # folds of positions in the training set, one class share each
+            return cls(x_train, y_train, folds=_cross_folds(target.train.labels[train_idx], cfg.holdout_per_class,
+                                                              seed))
+        if cfg.holdout_source == "next":
+            return cls(x_train, y_train, peeks=True)
+        fixed = (to_tensor_batch(target.train.images[held_idx], cfg.image_size),
+                 paddle.to_tensor(target.train.labels[held_idx]))
+        return cls(x_train, y_train, fixed=fixed)
+
+    def at_step(self, step, every) -> None:
+        if self.folds is not None:
+            self.folds.at_step(step, every)
+
+    def excluded(self):
+        return self.folds.current_set if self.folds is not None else ()
+
+    def peek(self, order, batch_size, n, rng):
+        order, peeked = _peek_batch(order, batch_size, n, rng)
+        self.upcoming = paddle.to_tensor(np.asarray(peeked))
+        return order
+
+    def images(self):
+        if self.folds is not None:
+            return self.x_train[self.folds.current], self.y_train[self.folds.current]
+        if self.peeks:
+            return self.x_train[self.upcoming], self.y_train[self.upcoming]
+        return self.fixed
+
+    def loss_of(self, model):
+        """The ``holdout=`` callable: the model's loss on this step's held-out images."""
+        def holdout_loss():
+            x, y = self.images()
+            return F.cross_entropy(model(x), y)
+
+        return holdout_loss
 
 
 def _peek_batch(order, batch_size, n, rng):

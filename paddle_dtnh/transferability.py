@@ -137,16 +137,21 @@ def loo_ridge_predictions(features, labels, ridge: float = DEFAULT_RIDGE):
 
 def _logme_column(sigma, proj, y_sq, n, d, tol=1e-6, max_iter=100):
     """LogME evidence per image of one target column: the fixed point of
-    (alpha, beta) on the eigenvalues ``sigma`` of F^T F, ``proj`` = U^T y."""
+    (alpha, beta) on the eigenvalues ``sigma`` of F^T F, ``proj`` = U^T y.
+
+    Worked in t = alpha / beta, on which the posterior mean depends alone,
+    with floors on t and the residual: features that fit the column exactly
+    (more features than images) would drive beta to infinity."""
     alpha, beta = 1.0, 1.0
+    floor_t = 1e-12 * max(float(sigma.max()), 1e-300)
+    out_of_range = max(y_sq - float((proj**2).sum()), 0.0)
     for _ in range(max_iter):
-        gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
-        m_sq = float((beta**2 * sigma * proj**2 / (alpha + beta * sigma) ** 2).sum())
-        # ||F m - y||^2: the part of y in F's range shrunk, the rest whole
-        in_range = float(((alpha / (alpha + beta * sigma)) ** 2 * proj**2).sum())
-        residual = in_range + max(y_sq - float((proj**2).sum()), 0.0)
+        t = max(alpha / beta, floor_t)
+        gamma = float((sigma / (t + sigma)).sum())
+        m_sq = float((sigma * proj**2 / (t + sigma) ** 2).sum())
+        residual = max(float(((t / (t + sigma)) ** 2 * proj**2).sum()) + out_of_range, 1e-12 * y_sq, 1e-300)
         new_alpha = gamma / max(m_sq, 1e-300)
-        new_beta = max(n - gamma, 1e-12) / max(residual, 1e-300)
+        new_beta = max(n - gamma, 1e-12) / residual
         done = abs(new_alpha - alpha) / alpha < tol and abs(new_beta - beta) / beta < tol
         alpha, beta = new_alpha, new_beta
         if done:
@@ -157,10 +162,11 @@ def _logme_column(sigma, proj, y_sq, n, d, tol=1e-6, max_iter=100):
 def _log_evidence(alpha, beta, sigma, proj, y_sq, n, d):
     """log p(y | F, alpha, beta) of the Bayesian linear model, from the
     eigenvalues ``sigma`` (padded to d with zeros) and ``proj`` = U^T y."""
-    m_sq = float((beta**2 * sigma * proj**2 / (alpha + beta * sigma) ** 2).sum())
-    in_range = float(((alpha / (alpha + beta * sigma)) ** 2 * proj**2).sum())
-    residual = in_range + max(y_sq - float((proj**2).sum()), 0.0)
-    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * math.log(alpha)
+    t = alpha / beta
+    m_sq = float((sigma * proj**2 / (t + sigma) ** 2).sum())
+    residual = float(((t / (t + sigma)) ** 2 * proj**2).sum()) + max(y_sq - float((proj**2).sum()), 0.0)
+    # log|alpha I + beta F^T F| = sum log(beta (t + sigma)) over the range, log alpha beyond it
+    log_det = float(np.log(beta * (t + sigma)).sum()) + (d - len(sigma)) * math.log(alpha)
     return (n / 2 * math.log(beta) + d / 2 * math.log(alpha) - n / 2 * math.log(2 * math.pi)
             - beta / 2 * residual - alpha / 2 * m_sq - log_det / 2)
 

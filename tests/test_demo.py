@@ -65,15 +65,17 @@ def test_demo_end_to_end(tiny_source, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| DTNH (L2-SP) |" in proc.stdout and "| Fine-tuning |" in proc.stdout
-    assert "| DTNH never_hurt (L2-SP) |" in proc.stdout
+    results = json.load(open(out / "results.json"))["results"]
+    assert [r["method"] for r in results] == ["finetune", "l2sp", "dtnh_l2sp@auto"]
+    chosen = results[2]["source_fit"]["preset"]
+    assert f"| DTNH auto (L2-SP) -> {chosen} |" in proc.stdout and "| Fine-tuning |" in proc.stdout
+    # the test's one printed line, with both scores
+    assert proc.stdout.count("DTNH preset 'auto': source fit: LOO ridge accuracy") == 1
     assert "L2-SP cost" in proc.stdout or "L2-SP gained" in proc.stdout  # the line that says what happened
     for name in ("accuracy.png", "fig3_empirical_loss.png", "fig4_angle1_vs_angle3.png", "fig5_angle2_vs_angle4.png"):
         assert (out / name).stat().st_size > 1000
-    results = json.load(open(out / "results.json"))["results"]
-    assert [r["method"] for r in results] == ["finetune", "l2sp", "dtnh_l2sp", "dtnh_l2sp@never_hurt"]
     assert results[1]["config"]["lam"]["l2sp"] == 10.0
-    assert os.listdir(out / "visualdl" / "dtnh_l2sp_seed0")
+    assert os.listdir(out / "visualdl" / "dtnh_l2sp@auto_seed0")
 
 
 def test_demo_help_and_bad_arguments():

@@ -295,3 +295,12 @@ def test_a_missing_holdout_names_the_rule_that_runs():
                    preset="never_hurt_holdout")
     assert opt.preset == "never_hurt" and opt.rule == PRESETS["never_hurt"]
     assert opt.state_dict()["dtnh"]["preset"] == "never_hurt"
+
+
+def test_logme_stays_finite_where_the_features_fit_exactly():
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1, 2], 2)
+    x = rng.standard_normal((6, 40))  # more features than images: any column is fitted exactly
+    value = logme(x, labels)
+    assert math.isfinite(value)
+    assert math.isfinite(loo_ridge_accuracy(x, labels))
