@@ -78,17 +78,26 @@ def pretrain_source(
     settings = dict(dataset=dataset, image_size=image_size, epochs=epochs, batch_size=batch_size,
                     lr=lr, max_images=max_images, seed=seed, arch=arch)
     path = os.path.join(cache_dir, f"source-{dataset}-{_config_key(settings)}.pdparams")
-    if world_size() > 1:  # rank 0 trains and writes the cache; the others then read it
-        import paddle.distributed as dist
-
+    if world_size() > 1:  # rank 0 trains and writes the cache (atomically); the others wait for the file
         if rank() == 0 and not os.path.isfile(path):
             _pretrain(path, settings, data_root, progress)
-        dist.barrier()
+        _wait_for(path)
         return path
     if os.path.isfile(path):
         return path
     _pretrain(path, settings, data_root, progress)
     return path
+
+
+def _wait_for(path, timeout=6 * 3600, poll=1.0):
+    """Wait until rank 0 has written ``path``: polled on the file system, not
+    a collective barrier, whose timeout (about 30 s under gloo) a
+    pretraining of minutes would outlast."""
+    deadline = time.time() + timeout
+    while not os.path.isfile(path):
+        if time.time() > deadline:
+            raise TimeoutError(f"Rank {rank()} waited {timeout} s for rank 0 to pretrain {path}.")
+        time.sleep(poll)
 
 
 def _pretrain(path, settings, data_root, progress, checkpoint_every=100):
@@ -111,7 +120,8 @@ def _pretrain(path, settings, data_root, progress, checkpoint_every=100):
     inner = paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=model.parameters(), weight_decay=5e-4)
     with warnings.catch_warnings():  # plain training: the decay is meant, no regularizer to bypass
         warnings.simplefilter("ignore")
-        opt = DTNH(inner, None, lam=0.0, model=model)  # its state_dict resumes by structured names
+        # its state_dict resumes by structured names; rank 0 trains alone under the launcher
+        opt = DTNH(inner, None, lam=0.0, model=model, data_parallel=False)
     partial = path + ".partial"
     done, seconds, order = 0, 0.0, None
     if os.path.isfile(partial):

@@ -17,6 +17,11 @@ class ExplicitLoop:
     def __init__(self, dtnh):
         self.dtnh = dtnh
 
+    def averaged(self, grads) -> list:
+        """The ranks' mean of this rank's ``paddle.grad`` gradients (as they are
+        with ``data_parallel=False``)."""
+        return all_reduce_mean(grads) if self.dtnh.data_parallel else list(grads)
+
     def update(self, loss, omega=None, *, scaler=None) -> dict:
         if self.dtnh._hook.pending.active:
             raise RuntimeError(
@@ -32,14 +37,14 @@ class ExplicitLoop:
             if self.dtnh.regularizer is None:
                 raise ValueError("omega was given but this DTNH has no regularizer.")
             self.dtnh.regularizer.check_omega(omega)
-            total = all_reduce_mean(paddle.grad(loss + self.dtnh.lam * omega, params, allow_unused=True))
+            total = self.averaged(paddle.grad(loss + self.dtnh.lam * omega, params, allow_unused=True))
             # gO was never taken apart: no conflict was measured, so none is reported
             return self.dtnh._step_along(params, total, [None] * len(params), loss, omega, owns_grads=True,
                                     measured_conflict=False)
         # gO first: its paddle.grad keeps the graph for gJ's
         reg_grads = self.dtnh._reg_grads(params, None if omega is None else scaled(omega))
         # under data parallelism paddle.grad gives this rank's gradient only
-        task_grads = all_reduce_mean(paddle.grad(scaled(loss), params, allow_unused=True))
+        task_grads = self.averaged(paddle.grad(scaled(loss), params, allow_unused=True))
         if scale is not None:
             task_grads = amp.unscaled(task_grads, scale)
             reg_grads = self.dtnh._unscaled_reg(reg_grads, scale)

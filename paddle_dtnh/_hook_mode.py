@@ -195,6 +195,8 @@ class HookLoop:
         params = self.dtnh._trainable()
         reg_grads, omega = self.pending.collect(params)
         # under data parallelism: averaged here unless DataParallel's reducer already did
-        task_grads = synchronised([p.grad if compat.has_grad(p) else None for p in params])
+        task_grads = [p.grad if compat.has_grad(p) else None for p in params]
+        if self.dtnh.data_parallel:
+            task_grads = synchronised(task_grads)
         scaler_driven = self.dtnh._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
         self.dtnh._step_along(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)

@@ -180,6 +180,12 @@ class DTNH(compat.OptimizerFacade):
             the paper's rule where the source fits, ``"never_hurt"`` where it
             does not. The decision is printed once, logged
             (``dtnh/source_fit/*``) and saved in :meth:`state_dict`. Default: None.
+        data_parallel (bool, optional): under ``paddle.distributed`` with more
+            than one process, average the gradients across the ranks (every
+            rank must then step). False: this optimizer trains on its own
+            process's data only, e.g. on rank 0 alone inside a multi-process
+            job (no collective is called; without a regularizer or with a
+            closed-form one). Default: True.
         model (paddle.nn.Layer, optional): the network being trained. Its
             structured parameter names key the optimizer state in
             :meth:`state_dict`; its BatchNorms are protected from the held-out
@@ -231,6 +237,7 @@ class DTNH(compat.OptimizerFacade):
         eps: float = 1e-20,
         model: paddle.nn.Layer | None = None,
         fit=None,
+        data_parallel: bool = True,
     ):
         options = dict(granularity=granularity, on_conflict=on_conflict, reference=reference,
                        max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every)
@@ -264,6 +271,7 @@ class DTNH(compat.OptimizerFacade):
         self.steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
         self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
+        self.data_parallel = bool(data_parallel)
         self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
         self._consecutive_skips = 0
         self.track_stats = track_stats
