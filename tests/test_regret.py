@@ -58,3 +58,22 @@ def test_regret_by_hand(tmp_path, capsys):
 def test_regret_refuses_an_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="No complete cell"):
         regret.main([str(tmp_path)])
+
+
+def test_the_evidence_plan_runs_whole_seeds_and_fine_tuning_once_per_pair():
+    import auto_evidence
+
+    cells = [("a:b", "l2sp", 1.0), ("a:b", "knowdist", 0.01), ("c:d", "l2sp", 10.0)]
+    plan = auto_evidence.planned_runs(cells, [0, 1])
+    assert [r[4] for r in plan] == [0] * 11 + [1] * 11  # seed by seed: a cut run leaves whole seeds
+    assert [r for r in plan if r[3] == "finetune"] == [("a:b", "l2", None, "finetune", 0),
+                                                        ("c:d", "l2", None, "finetune", 0),
+                                                        ("a:b", "l2", None, "finetune", 1),
+                                                        ("c:d", "l2", None, "finetune", 1)]
+    assert {r[3] for r in plan if r[0] == "a:b" and r[1] == "knowdist"} == {
+        "knowdist", "dtnh_knowdist@paper", "dtnh_knowdist@never_hurt"}
+    # every pair of the committed cells names a source that is pretrained and a reason it was chosen
+    assert {c[0] for c in auto_evidence.CELLS} == set(auto_evidence.PAIRS)
+    assert {p.split(":")[0] for p in auto_evidence.PAIRS} <= set(auto_evidence.SOURCES)
+    with pytest.raises(SystemExit):
+        auto_evidence.parse_args(["--worker", "2", "--workers", "2"])
