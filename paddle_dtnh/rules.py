@@ -152,7 +152,9 @@ _NEVER_HURT = Rule(granularity="layer", on_conflict="drop", reference="ema", max
 #: the loss on held-out target data (``holdout=``, refreshed every 8 steps):
 #: it keeps more of the help and repairs less of the harm; without
 #: ``holdout=`` it falls back to ``"never_hurt"``, with a warning.
-#: ``"vanilla"``: the regularized step without DTNH. Evidence: docs/evidence.md.
+#: ``"vanilla"``: the regularized step without DTNH. ``DTNH(preset="auto",
+#: fit=...)`` chooses between ``"paper"`` and ``"never_hurt"`` by a test
+#: before training (:func:`paddle_dtnh.source_fit`). Evidence: docs/evidence.md.
 PRESETS = MappingProxyType({
     "paper": Rule(),
     "never_hurt": _NEVER_HURT,
@@ -178,6 +180,8 @@ def resolve_rule(preset: str | Rule = "paper", **overrides) -> Rule:
     elif isinstance(preset, str) and preset in PRESETS:
         rule = PRESETS[preset]
     else:
+        hint = (" ('auto' is a DTNH preset: DTNH(..., preset='auto', fit=paddle_dtnh.source_fit(...)))"
+                if preset == "auto" else "")
         raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))} "
-                         "or a paddle_dtnh.Rule.")
+                         f"or a paddle_dtnh.Rule{hint}.")
     return rule.replace(**overrides) if overrides else rule
