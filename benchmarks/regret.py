@@ -61,7 +61,7 @@ def read_records(folder: str) -> list:
 
 
 def cell_name(pair: str, regularizer: str, lam: float) -> str:
-    return f"{pair} | {regularizer} lam {lam:g}"
+    return f"{pair}, {regularizer} lam {lam:g}"
 
 
 def collect(records) -> dict:
@@ -138,13 +138,33 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+def readme_table(results) -> str:
+    """The README's table: mean accuracies, bold within 1 point of the better
+    baseline, ✱ where the regularizer helps, and the summary row."""
+    keys = [k for k, _ in RULES]
+    rows = ["| cell (✱ the regularizer helps) | " + " | ".join(n for _, n in RULES) + " |",
+            "|---" * (len(RULES) + 1) + "|"]
+    for r in results:
+        cols = [f"**{r.accuracy[k]:.1f}**" if r.regret[k][0] <= GOAL_WORST else f"{r.accuracy[k]:.1f}" for k in keys]
+        star = " ✱" if r.best == "vanilla" else ""
+        rows.append(f"| {r.cell.replace(':', ' -> ', 1)}{star} | " + " | ".join(cols) + " |")
+    totals = summary(results)
+    rows.append("| **worst cell / mean regret (points)** | "
+                + " | ".join(f"{totals[k][0]:.1f} / {totals[k][1]:+.1f}" for k in keys) + " |")
+    return "\n".join(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="the --output folder of benchmarks/auto_evidence.py")
+    p.add_argument("--readme", action="store_true", help="print the README's table instead")
     args = p.parse_args(argv)
     results = judge(collect(read_records(args.folder)))
     if not results:
         raise SystemExit(f"No complete cell in {args.folder}: run benchmarks/auto_evidence.py first.")
+    if args.readme:
+        print(readme_table(results))
+        return
     print("Accuracy (%) per rule; in brackets the paired difference to the better baseline (bold), "
           "mean ± SE: minus the regret. Choice per seed: P = paper (the source fits), N = never_hurt.\n")
     print(markdown(results))

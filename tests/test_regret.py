@@ -42,7 +42,7 @@ def test_regret_by_hand(tmp_path, capsys):
                     _run("b", "dtnh_l2sp@never_hurt", "l2sp", 10.0, seed, nh), _fit("b", seed, seed == 1)]
     _write(tmp_path, records)
     results = {r.cell: r for r in regret.judge(regret.collect(regret.read_records(str(tmp_path))))}
-    a, b = results["a | l2sp lam 10"], results["b | l2sp lam 10"]
+    a, b = results["a, l2sp lam 10"], results["b, l2sp lam 10"]
     assert a.best == "vanilla" and b.best == "finetune"
     assert a.regret["paper"][0] == pytest.approx(1.0) and a.regret["never_hurt"][0] == pytest.approx(9.0)
     assert a.regret["auto"][0] == pytest.approx(1.0)  # paper on both seeds
@@ -77,3 +77,11 @@ def test_the_evidence_plan_runs_whole_seeds_and_fine_tuning_once_per_pair():
     assert {p.split(":")[0] for p in auto_evidence.PAIRS} <= set(auto_evidence.SOURCES)
     with pytest.raises(SystemExit):
         auto_evidence.parse_args(["--worker", "2", "--workers", "2"])
+
+
+def test_the_readme_table_is_the_criterion_s_output_on_the_committed_runs(capsys):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    regret.main([os.path.join(root, "docs", "results", "auto_evidence"), "--readme"])
+    table = capsys.readouterr().out.strip()
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    assert table in readme
