@@ -205,7 +205,7 @@ class DTNH(compat.OptimizerFacade):
             >>> reg = L2SP(model, source, alpha=0.1, beta=0.01)
             >>> x_held, y_held = paddle.randn([6, 4]), paddle.randint(0, 3, [6])  # never trained on
             >>> opt = DTNH(paddle.optimizer.Momentum(0.01, parameters=model.parameters()),
-            ...            reg, lam=1.0, preset="never_hurt_holdout",
+            ...            reg, lam=1.0, preset="never_hurt", reference="holdout",
             ...            holdout=lambda: F.cross_entropy(model(x_held), y_held))
             >>> x, y = paddle.randn([8, 4]), paddle.randint(0, 3, [8])
             >>> logits, omega = reg.run(x)

@@ -176,3 +176,14 @@ def test_consecutive_skips_raise_after_the_cap(caplog):
 def test_presets_still_build():
     for name, rule in PRESETS.items():
         assert Rule(**{k: v for k, v in rule.as_dict().items() if k != "fallback"}) is not None, name
+
+
+def test_never_hurt_holdout_is_deprecated_with_its_evidence():
+    from paddle_dtnh.rules import DEPRECATED_PRESETS, resolve_rule
+
+    with pytest.warns(DeprecationWarning, match="1.3 and 4.3 points"):
+        rule = resolve_rule("never_hurt_holdout")
+    assert rule == PRESETS["never_hurt_holdout"]  # still runs, as an option
+    explicit = Rule(granularity="layer", on_conflict="drop", reference="holdout", max_reg_ratio=1.0, holdout_every=8)
+    assert explicit == rule.replace(fallback=None)
+    assert set(DEPRECATED_PRESETS) <= set(PRESETS)
