@@ -618,8 +618,11 @@ class DTNH(compat.OptimizerFacade):
         ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
         # 0.1 saved the on_conflict choice as "rule": its checkpoints still load
         saved_config = {"on_conflict" if k == "rule" else k: v for k, v in ours.items()}
+        # a preset's name is compared only where both sides have one: the same
+        # rule passed as a Rule object is the same configuration
         changed = [f"{k}: saved {saved_config[k]!r}, now {v!r}" for k, v in self._config().items()
-                   if k in saved_config and saved_config[k] != v]
+                   if k in saved_config and saved_config[k] != v
+                   and not (k == "preset" and None in (v, saved_config[k]))]
         if changed:
             warnings.warn(
                 "Resuming with a different DTNH configuration than saved (the "

@@ -304,3 +304,17 @@ def test_logme_stays_finite_where_the_features_fit_exactly():
     value = logme(x, labels)
     assert math.isfinite(value)
     assert math.isfinite(loo_ridge_accuracy(x, labels))
+
+
+def test_the_same_rule_by_name_or_by_object_resumes_without_a_warning():
+    opt, _ = _run("never_hurt")
+    model, reg = _setup()
+    same = DTNH(paddle.optimizer.Momentum(0.1, parameters=model.parameters()), reg, lam=5.0,
+                preset=PRESETS["never_hurt"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same.set_state_dict(opt.state_dict())
+    assert not [w for w in caught if "configuration" in str(w.message)]
+    other, _ = _run("paper", steps=0)
+    with pytest.warns(UserWarning, match="preset: saved 'never_hurt', now 'paper'"):
+        other.set_state_dict(opt.state_dict())
