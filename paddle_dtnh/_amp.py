@@ -21,7 +21,7 @@ def all_finite(tensors, like=None) -> paddle.Tensor:
     float32, a step that would wreck the weights anyway); a sum of squares
     would overflow already at ~1e16. One read per tensor, no temporary (half
     the cost of ``isfinite(t).all()`` on CPU)."""
-    sums = [paddle.sum(t.astype("float32") if t.dtype in (paddle.float16, paddle.bfloat16) else t)
+    sums = [paddle.sum(t.astype("float32") if t.dtype in HALF else t)
             for t in tensors if t is not None]
     if sums:
         return paddle.isfinite(paddle.stack(sums)).all()

@@ -40,7 +40,7 @@ class ExplicitLoop:
             total = self.averaged(paddle.grad(loss + self.dtnh.lam * omega, params, allow_unused=True))
             # gO was never taken apart: no conflict was measured, so none is reported
             return self.dtnh._step_along(params, total, [None] * len(params), loss, omega, owns_grads=True,
-                                    measured_conflict=False)
+                                         measured_conflict=False)
         # gO first: its paddle.grad keeps the graph for gJ's
         reg_grads = self.dtnh._reg_grads(params, None if omega is None else scaled(omega))
         # under data parallelism paddle.grad gives this rank's gradient only

@@ -199,4 +199,5 @@ class HookLoop:
         if self.dtnh.data_parallel:
             task_grads = synchronised(task_grads)
         scaler_driven = self.dtnh._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
-        self.dtnh._step_along(params, task_grads, reg_grads, loss, omega, owns_grads=False, scaler_driven=scaler_driven)
+        self.dtnh._step_along(params, task_grads, reg_grads, loss, omega, owns_grads=False,
+                              scaler_driven=scaler_driven)

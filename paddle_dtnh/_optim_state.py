@@ -127,7 +127,7 @@ class StructuredState:
                 else:
                     problems += tensor_problems(f"optimizer: {name} ({acc})", tensor, var)
         problems += [f"optimizer: {acc} of {name} is missing" for name, acc in expected if (name, acc) not in found]
-        return problems + self._master_problems(saved.get("master_weights", {}), params)
+        return problems + self._master_problems(saved.get("master_weights", {}))
 
     def _masters(self) -> dict:
         """stable name -> the inner optimizer's master weight (multi_precision)."""
@@ -136,7 +136,7 @@ class StructuredState:
         return {self._stable_of[name]: var for name, var in compat.master_weights(self.inner).items()
                 if name in self._stable_of}
 
-    def _master_problems(self, saved: dict, params: dict) -> list:
+    def _master_problems(self, saved: dict) -> list:
         expected = self._masters()
         problems = []
         for name, tensor in saved.items():

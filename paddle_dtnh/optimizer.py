@@ -40,7 +40,8 @@ from .io import files
 from .projection import dtnh_direction
 from .references import make_reference
 from .regularizers.base import TransferRegularizer
-from .rules import REFERENCES, Rule, resolve_rule
+from .rules import PRESETS, REFERENCES, Rule, resolve_rule
+from .transferability import SourceFit
 
 __all__ = ["DTNH", "NONFINITE_POLICIES", "REFERENCES"]
 
@@ -78,8 +79,6 @@ def _rule_of(preset, options: dict) -> Rule:
 
 def _checked_fit(preset, fit):
     """The SourceFit of ``preset="auto"`` (None for every other preset)."""
-    from .transferability import SourceFit
-
     if isinstance(preset, str) and preset == "auto":
         if fit is None:
             raise ValueError("preset='auto' chooses the rule from a source-fit test run before training: "
@@ -96,8 +95,6 @@ def _checked_fit(preset, fit):
 
 def _preset_name(rule: Rule):
     """The name of ``rule`` in PRESETS, or None."""
-    from .rules import PRESETS
-
     return next((name for name, r in PRESETS.items() if r == rule), None)
 
 
@@ -464,7 +461,7 @@ class DTNH(compat.OptimizerFacade):
         )
 
     def _step_along(self, params, task_grads, reg_grads, loss, omega, *, owns_grads, scaler=None,
-               scaler_driven=False, measured_conflict=True):
+                    scaler_driven=False, measured_conflict=True):
         lam = self.lam
         with_stats = self._wants_stats()
         like = next((g for g in task_grads if g is not None), params[0])

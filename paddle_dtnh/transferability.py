@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
+from ._checks import check_positive, check_positive_int
 from ._layers import evaluating
 from .rules import PRESETS, Rule
 
@@ -120,8 +121,7 @@ def loo_ridge_predictions(features, labels, ridge: float = DEFAULT_RIDGE):
     """``(classes, left-out predictions (n, classes), labels)`` of the probe of
     :func:`loo_ridge_accuracy`: row i is the probe fitted without image i,
     evaluated on image i (the features standardised once, on all n)."""
-    if not ridge > 0:
-        raise ValueError(f"ridge must be > 0, got {ridge}.")
+    ridge = check_positive("ridge", ridge)
     x, y, classes = _checked_features(features, labels)
     f = _standardised(x)
     n = f.shape[0]
@@ -417,8 +417,7 @@ def source_fit(source: paddle.nn.Layer, images, labels=None, *, head: str, batch
     """
     if not isinstance(source, paddle.nn.Layer):
         raise TypeError(f"source must be a paddle.nn.Layer, got {type(source).__name__}.")
-    if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int("batch_size", batch_size)
     images_and_labels = list(_batches(images, labels, batch_size))
     y = np.concatenate([b[1] for b in images_and_labels]) if images_and_labels else np.zeros(0)
     xs = [b[0] if isinstance(b[0], paddle.Tensor) else paddle.to_tensor(np.asarray(b[0]))
