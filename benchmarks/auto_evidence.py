@@ -102,6 +102,15 @@ def planned_runs(cells, seeds) -> list:
     return runs
 
 
+def pretrained(name: str, cache: str, progress: bool = True) -> str:
+    """The weights file of source ``name`` of :data:`SOURCES` (pretrained here once, cached)."""
+    from lab import pretrain_source
+
+    settings = SOURCES[name]
+    return pretrain_source(settings["dataset"], cache_dir=cache, epochs=settings["epochs"],
+                           max_images=settings["max_images"], progress=progress)
+
+
 def config(args, reg, lam):
     from lab import RunConfig
 
@@ -114,23 +123,18 @@ def config(args, reg, lam):
 def main(argv=None):
     args = parse_args(argv)
     from paddle_dtnh.data import load_dataset
-    from lab import RunStore, fit_report, method_spec, pretrain_source, run_transfer
+    from lab import RunStore, fit_report, method_spec, run_transfer
 
     cells = [CELLS[i] for i in args.cells] if args.cells is not None else CELLS
     os.makedirs(args.output, exist_ok=True)
-    done = {}
-    for name in os.listdir(args.output):
-        if name.startswith("runs") and name.endswith(".jsonl"):
-            done.update(RunStore(os.path.join(args.output, name)).runs)
+    done = RunStore.merged(args.output)
     store = RunStore(os.path.join(args.output, f"runs-w{args.worker}.jsonl"))
     sources, targets = {}, {}
 
     def source_of(pair):
         name = pair.split(":")[0]
         if name not in sources:
-            settings = SOURCES[name]
-            sources[name] = pretrain_source(settings["dataset"], cache_dir=args.cache, epochs=settings["epochs"],
-                                            max_images=settings["max_images"], progress=not args.no_progress)
+            sources[name] = pretrained(name, args.cache, progress=not args.no_progress)
         return sources[name]
 
     def target_of(pair):

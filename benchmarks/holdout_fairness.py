@@ -45,16 +45,13 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--report", action="store_true")
     args = p.parse_args(argv)
-    from auto_evidence import SOURCES
+    from auto_evidence import SOURCES, pretrained
 
-    from lab import RunConfig, RunStore, pretrain_source, run_transfer
+    from lab import RunConfig, RunStore, run_transfer
     from paddle_dtnh.data import load_dataset
 
     os.makedirs(args.output, exist_ok=True)
-    done = {}
-    for name in os.listdir(args.output):
-        if name.endswith(".jsonl"):
-            done.update(RunStore(os.path.join(args.output, name)).runs)
+    done = RunStore.merged(args.output)
     plan = [(pair, method, seed) for seed in args.seeds for pair in PAIRS for method in ARMS]
     if args.report:
         print(report(done.values(), args.seeds))
@@ -65,9 +62,7 @@ def main(argv=None):
         if i % args.workers != args.worker or key in done:
             continue
         source, target = pair.split(":")
-        settings = SOURCES[source]
-        path = pretrain_source(settings["dataset"], cache_dir=args.cache, epochs=settings["epochs"],
-                               max_images=settings["max_images"], progress=False)
+        path = pretrained(source, args.cache, progress=False)
         per_class, held = ARMS[method]
         cfg = RunConfig(iterations=100, eval_interval=100, max_test=1000, per_class=per_class,
                         holdout_per_class=held, holdout_source="extra")
@@ -83,7 +78,8 @@ def report(runs, seeds) -> str:
     for r in runs:
         by.setdefault((r["pair"], r["method"]), {})[r["seed"]] = 100 * r["test_accuracy"]
     lines = ["| pair (L2-SP lam 10) | seeds | fine-tuning, 14/class | L2-SP, 14/class | never_hurt_holdout, "
-             "10 + 4 held out | never_hurt_holdout - better baseline (paired, mean ± SE) |", "|---|---|---|---|---|---|"]
+             "10 + 4 held out | never_hurt_holdout - better baseline (paired, mean ± SE) |",
+             "|---|---|---|---|---|---|"]
     for pair in PAIRS:
         cols = [by.get((pair, m), {}) for m in ARMS]
         common = sorted(set(seeds).intersection(*map(set, cols)))

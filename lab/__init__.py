@@ -14,5 +14,6 @@ from .runs import (HOLDOUT_SOURCES, Recorder, RunConfig, RunStore, fit_report, g
 from .sources import pretrain_source
 
 __all__ = ["CANDIDATES", "METHODS", "REGULARIZERS", "MethodSpec", "build_regularizer", "check_methods",
-           "method_spec", "HOLDOUT_SOURCES", "Recorder", "RunConfig", "RunStore", "goal_text", "run_transfer", "fit_report", "load_source",
+           "method_spec", "HOLDOUT_SOURCES", "Recorder", "RunConfig", "RunStore", "goal_text", "run_transfer",
+           "fit_report", "load_source",
            "source_distance", "summarize_diagnostics", "pretrain_source"]

@@ -28,7 +28,8 @@ from paddle_dtnh.regularizers import match_source
 from .methods import build_regularizer, method_spec
 from .sources import augment, evaluate, progress_bar
 
-__all__ = ["RunConfig", "run_transfer", "load_source", "fit_report", "Recorder", "RunStore", "summarize_diagnostics", "goal_text",
+__all__ = ["RunConfig", "run_transfer", "load_source", "fit_report", "Recorder", "RunStore", "summarize_diagnostics",
+           "goal_text",
            "HOLDOUT_SOURCES", "split_holdout"]
 
 #: where a held-out reference's images come from: beyond the training set
@@ -141,13 +142,17 @@ def fit_report(source, target: ImageSet, cfg: RunConfig, seed: int):
     """:func:`paddle_dtnh.source_fit` of ``source`` (a network or a weights
     path) on the training images a run with ``cfg`` and ``seed`` trains on:
     what ``preset="auto"`` decides from. Paddle's random state is not used."""
-    from paddle_dtnh import source_fit
-
     train_idx = few_shot_indices(target.train.labels, cfg.per_class, seed)
     if isinstance(source, str):
         source = load_source(source, cfg.arch)
-    return source_fit(source, to_tensor_batch(target.train.images[train_idx], cfg.image_size),
-                      target.train.labels[train_idx], head=ARCHITECTURES[cfg.arch].head)
+    return _fit_on(source, to_tensor_batch(target.train.images[train_idx], cfg.image_size),
+                   target.train.labels[train_idx], cfg)
+
+
+def _fit_on(source, x_train, y_train, cfg):
+    from paddle_dtnh import source_fit
+
+    return source_fit(source, x_train, y_train, head=ARCHITECTURES[cfg.arch].head)
 
 
 def run_transfer(
@@ -190,7 +195,8 @@ def run_transfer(
 
     # Paddle's random state is drawn from in this order: source, head, regularizer
     source = load_source(source_path, cfg.arch)
-    fit = fit_report(source, target, cfg, seed) if spec.rule_name == "auto" else None  # draws nothing
+    # auto never holds images out: its test sees exactly the training images; it draws nothing
+    fit = _fit_on(source, x_train, y_train, cfg) if spec.rule_name == "auto" else None
     model = target_from(source, target.num_classes)
     reg = _regularizer(spec, model, source, x_train, y_train, target, cfg, progress)
     schedule = paddle.optimizer.lr.PiecewiseDecay(
@@ -227,7 +233,8 @@ def run_transfer(
                                        exclude=held.excluded() if held is not None else ())
             if held is not None and held.peeks:
                 order = held.peek(order, cfg.batch_size, len(train_idx), rng)
-            share = paddle.to_tensor(np.asarray(batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]))
+            mine = batch[me * cfg.batch_size // world : (me + 1) * cfg.batch_size // world]
+            share = paddle.to_tensor(np.asarray(mine))
             x = augment(x_train[share], rng, cfg.flip) if cfg.augment else x_train[share]
             logits, omega = reg.run(x)
             opt.update(F.cross_entropy(logits, y_train[share]), omega)
@@ -244,16 +251,16 @@ def run_transfer(
         vdl.close()
     if checkpoint and me == 0 and os.path.isfile(checkpoint):
         os.remove(checkpoint)  # the run is complete: its result is what counts now
-    curve = curve.values
+    values = curve.values
     return {
         "method": method,
         "seed": seed,
-        "test_accuracy": curve["test_accuracy"][-1],
-        "test_loss": curve["test_loss"][-1],
+        "test_accuracy": values["test_accuracy"][-1],
+        "test_loss": values["test_loss"][-1],
         "skipped_steps": opt.skipped_steps,
         "distance_to_source": source_distance(model, source),
         "source_fit": None if fit is None else fit.as_dict(),
-        "curve": curve,
+        "curve": values,
         "diagnostics": {"step": recorder.steps, **recorder.values},
         "seconds": time.time() - start,
         "config": asdict(cfg),
@@ -435,6 +442,17 @@ class RunStore:
             >>> key in RunStore(store.path).runs
             True
     """
+
+    @staticmethod
+    def merged(folder: str) -> dict:
+        """key -> run, over every ``runs*.jsonl`` in ``folder`` (the files of
+        several workers sharing one benchmark)."""
+        runs = {}
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.startswith("runs") and name.endswith(".jsonl"):
+                    runs.update(RunStore(os.path.join(folder, name)).runs)
+        return runs
 
     def __init__(self, path: str):
         self.path = path
