@@ -6,6 +6,7 @@ from __future__ import annotations
 import paddle
 
 from . import _amp as amp
+from ._reg_gradient import check_omega
 from .distributed import all_reduce_mean
 
 __all__ = ["ExplicitLoop"]
@@ -27,16 +28,15 @@ class ExplicitLoop:
             raise RuntimeError(
                 "update() was called while regularize() results are pending for step(): use one loop per "
                 "optimizer (explicit: update(loss, omega); hook: regularize(omega), loss.backward(), step()).")
+        self.dtnh._hook.pending.take_anchor()  # only hook mode pairs a forward with its backward
         params = self.dtnh._trainable()
-        if self.dtnh.regularizer is not None:
-            self.dtnh.regularizer.take_graph_anchors()  # only hook mode pairs through them
         scale = amp.scale_of(scaler)
         scaled = (lambda t: t) if scale is None else (lambda t: scaler.scale(t))
         if omega is not None and not self.dtnh.rule.projects and not self.dtnh._wants_stats() and scale is None:
             # the vanilla baseline needs no separate gradients: one backward
             if self.dtnh.regularizer is None:
                 raise ValueError("omega was given but this DTNH has no regularizer.")
-            self.dtnh.regularizer.check_omega(omega)
+            check_omega(self.dtnh.regularizer, omega)
             total = self.averaged(paddle.grad(loss + self.dtnh.lam * omega, params, allow_unused=True))
             # gO was never taken apart: no conflict was measured, so none is reported
             return self.dtnh._step_along(params, total, [None] * len(params), loss, omega, owns_grads=True,

@@ -28,30 +28,47 @@ class SourceMismatchError(ValueError):
 
 
 class TransferRegularizer(paddle.nn.Layer):
-    """Base class of the regularizers :math:`\\Omega(w, w_s)`: one contract for all.
+    """Base class of the regularizers :math:`\\Omega(w, w_s)`: losses, one contract for all.
 
+    * ``forward`` returns :math:`\\Omega` (a scalar Tensor with a graph to
+      the target's parameters);
     * :meth:`run` ``(x) -> (output, omega)``: the model's output on ``x`` and
       :math:`\\Omega` from the same forward pass;
-    * :meth:`grads` ``(params, omega)``: :math:`g_\\Omega` aligned with
-      ``params``. Here by ``paddle.grad`` (averaged over data-parallel ranks);
-      weight regularizers override it with their closed form, so no caller
-      needs to know which kind it holds.
+    * :meth:`regularized_parameters`: the parameters :math:`\\Omega` depends on;
+    * weight regularizers set :attr:`has_closed_form` and give
+      ``closed_form_grads()``, so DTNH needs no backward pass for them.
+
+    Taking :math:`g_\\Omega` (``paddle.grad`` or the closed form), averaging
+    it across data-parallel ranks and pairing it with the loop's backward
+    are the optimizer's business (:class:`paddle_dtnh.DTNH`), not the loss's.
 
     Subclasses set the target network with :meth:`_set_model` (kept outside
-    the Layer tree: it is neither a sublayer nor saved with the regularizer)
-    and implement ``forward`` and :meth:`regularized_parameters`.
+    the Layer tree: the model is the user's, neither a sublayer of the loss
+    nor saved with it) and implement ``forward`` and
+    :meth:`regularized_parameters`. Source constants are buffers that are not
+    persistable: ``reg.to(...)`` moves them with the loss, and
+    ``reg.state_dict()`` stays empty (the source is an input, given again
+    when the loss is built).
     """
 
-    #: whether :meth:`grads` needs no ``omega`` (weight regularizers)
+    #: whether ``closed_form_grads()`` gives :math:`g_\\Omega` without ``omega`` (weight regularizers)
     has_closed_form = False
 
     def _set_model(self, model: paddle.nn.Layer) -> None:
         object.__setattr__(self, "_model", model)
 
     @property
-    def model(self) -> paddle.nn.Layer:
-        """The target network this regularizer was built on."""
-        return self._model
+    def model(self) -> paddle.nn.Layer | None:
+        """The target network this regularizer was built on (None if a
+        subclass set none)."""
+        return self.__dict__.get("_model")
+
+    def _register_constants(self, prefix: str, tensors) -> None:
+        """Register ``tensors`` as buffers that are not persistable, so
+        ``.to()`` casts and moves them in place and ``state_dict()`` leaves them out."""
+        for i, tensor in enumerate(tensors):
+            if tensor is not None:
+                self.register_buffer(f"{prefix}_{i}", tensor, persistable=False)
 
     def regularized_parameters(self) -> list:
         """The target parameters :math:`\\Omega` depends on (not copies)."""
@@ -61,55 +78,8 @@ class TransferRegularizer(paddle.nn.Layer):
         """Forward the model on ``x``; return ``(output, omega)``."""
         return self._model(x), self()
 
-    def take_graph_anchors(self) -> list:
-        """Tensors of the last forward's graph that the model's output depends
-        on (the target's feature maps), handed over once: DTNH's hook mode
-        pairs a ``regularize`` with its forward's backward through them."""
-        anchors, self._graph_anchors = getattr(self, "_graph_anchors", []), []
-        return anchors
-
-    def check_omega(self, omega) -> None:
-        """ValueError unless ``omega`` is a scalar Tensor with a gradient path
-        (metadata only: no host sync)."""
-        if not isinstance(omega, paddle.Tensor) or omega.size != 1:
-            raise TypeError(f"omega must be the regularizer's value as a scalar Tensor (reg.run(x)[1]), "
-                            f"got {type(omega).__name__}.")
-        if omega.stop_gradient:
-            raise ValueError(
-                "omega has no gradient path to the parameters (it was detached, computed under "
-                "paddle.no_grad(), or is a constant): pass the regularizer's value from this forward, "
-                f"`output, omega = reg.run(x)`; it must depend on {self._parameter_names()}.")
-
-    def _parameter_names(self) -> str:
-        named = {id(p): n for n, p in self._model.named_parameters()}
-        names = [named.get(id(p), p.name) for p in self.regularized_parameters()]
-        return f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''} ({len(names)} parameters)"
-
-    def _no_path(self) -> ValueError:
-        return ValueError(
-            f"omega does not depend on any parameter {type(self).__name__} regularizes (computed from "
-            f"another model?): it must depend on {self._parameter_names()}. Use `output, omega = reg.run(x)`.")
-
-    def grads(self, params: list, omega: paddle.Tensor | None) -> list:
-        """:math:`g_\\Omega` for ``params`` (``None`` where :math:`\\Omega` does not
-        depend on a parameter), from ``omega``'s graph, which is kept for the
-        empirical loss's backward. Returns fresh tensors (DTNH combines in place).
-        """
-        if omega is None:
-            raise ValueError(
-                f"{type(self).__name__} has no closed-form gradient: pass its value on this "
-                "batch, `output, omega = reg.run(x)`, as opt.update(loss, omega) (hook mode: "
-                "opt.regularize(omega) before loss.backward()). Under hub.Trainer or "
-                "paddle.Model, wrap the model in paddle_dtnh.integrations.hub.TransferTask, which does this."
-            )
-        from ..distributed import all_reduce_mean
-
-        self.check_omega(omega)
-        grads = paddle.grad(omega, params, retain_graph=True, allow_unused=True)
-        if all(g is None for g in grads):
-            raise self._no_path()
-        # under data parallelism paddle.grad gives this rank's gradient only
-        return all_reduce_mean(grads)
+    def extra_repr(self) -> str:
+        return f"regularized={len(self.regularized_parameters())}"
 
 
 def _shape(value) -> tuple:

@@ -103,6 +103,14 @@ class FeatureMapRegularizer(TransferRegularizer):
         """The frozen source network."""
         return self._source
 
+    def to(self, device=None, dtype=None, blocking=None, non_blocking=None):
+        """Cast and move this loss's constants and its frozen source network
+        (not a sublayer, so Paddle's ``Layer.to`` would skip it); the target
+        model is the user's to move. Returns self."""
+        super().to(device=device, dtype=dtype, blocking=blocking, non_blocking=non_blocking)
+        self._source.to(device=device, dtype=dtype, blocking=blocking, non_blocking=non_blocking)
+        return self
+
     def regularized_parameters(self) -> list:
         return list(self._trainable)
 
@@ -147,9 +155,6 @@ class FeatureMapRegularizer(TransferRegularizer):
                 "`with reg.capture() as features:`, or use reg.run(x)."
             )
         source = self.source_features(x)
-        # hook mode pairs a regularize() with this forward's backward through them
-        self._graph_anchors = [target_features[name] for name in self.layers
-                               if not target_features[name].stop_gradient]
         total = None
         for name in self.layers:
             per_channel = _channel_distances(target_features[name], source[name], name)
@@ -248,6 +253,7 @@ class DELTA(FeatureMapRegularizer):
                     )
                 kw = {} if param is None else {"dtype": param.dtype, "place": param.place}
                 self._weights[name] = paddle.to_tensor(w * w.shape[0], **kw)
+            self._register_constants("attention", [self._weights[name] for name in self.layers])
 
     def _channel_weights(self, name, channels):
         weights = self._weights.get(name)

@@ -76,6 +76,9 @@ class WeightRegularizer(TransferRegularizer):
         # this Layer's own, and the source constants must not be saved with it
         self._shared = [(n, p, r) for n, p, r in match.shared if keep(p)]
         self._new = [(n, p) for n, p in match.new if keep(p)]
+        # source constants as buffers, not persistable: reg.to() casts and
+        # moves them in place (the tuples above stay valid); never saved
+        self._register_constants("source", [r for _, _, r in self._shared])
 
     def regularized_parameters(self) -> list:
         return [p for _, p, _ in self._shared] + [p for _, p in self._new]
@@ -103,21 +106,6 @@ class WeightRegularizer(TransferRegularizer):
         grads = [self.alpha * self._penalty_grad(i, p, r) for i, (_, p, r) in enumerate(self._shared)]
         grads += [self.beta * p for _, p in self._new]
         return grads
-
-    def grads(self, params: list, omega=None) -> list:
-        """The closed form, aligned with ``params``; ``omega`` is not needed.
-        The same on every data-parallel rank, so nothing is all-reduced. An
-        ``omega`` given is checked (once per regularizer for its path to the
-        parameters, so the steady state has no extra pass)."""
-        if omega is not None:
-            self.check_omega(omega)
-            if not getattr(self, "_omega_path_checked", False):
-                reached = paddle.grad(omega, self.regularized_parameters(), retain_graph=True, allow_unused=True)
-                if all(g is None for g in reached):
-                    raise self._no_path()
-                self._omega_path_checked = True
-        by_id = {id(p): g for p, g in zip(self.regularized_parameters(), self.closed_form_grads())}
-        return [by_id.get(id(p)) for p in params]
 
     def extra_repr(self) -> str:
         return (
@@ -343,9 +331,8 @@ class L2SPFisher(WeightRegularizer):
                 f"  shape mismatch ({len(mismatched)}): {', '.join(mismatched[:12])}\n"
                 "Fix: estimate it with estimate_fisher() on the same source architecture."
             )
-        self._fisher = []
-        for n, p, _ in self._shared:
-            self._fisher.append(paddle.to_tensor(as_array(fisher[n]), dtype=p.dtype, place=p.place))
+        self._fisher = [paddle.to_tensor(as_array(fisher[n]), dtype=p.dtype, place=p.place) for n, p, _ in self._shared]
+        self._register_constants("fisher", self._fisher)
 
     def _penalty(self, index, w, w0):
         d = w - w0
