@@ -24,7 +24,6 @@ and ``weight_decay`` are untouched; clip and decay act on the direction.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import paddle
 
@@ -33,70 +32,33 @@ from ._checks import check_choice, check_nonnegative, check_positive, check_posi
 from . import _amp as amp
 from ._explicit_mode import ExplicitLoop
 from ._hook_mode import HookLoop
+from ._reg_gradient import RegularizerGradient
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
 from .diagnostics import collect_step_stats
 from .distributed import rank
-from .io import files
 from .projection import dtnh_direction
 from .references import make_reference
 from .regularizers.base import TransferRegularizer
-from .rules import PRESETS, REFERENCES, Rule, resolve_rule
-from .transferability import SourceFit
+from ._checkpoint import DTNHCheckpoint
+from ._construction import UNSET, check_inner, check_regularizer, choose_rule
+from .rules import REFERENCES, Rule
 
-__all__ = ["DTNH", "NONFINITE_POLICIES", "REFERENCES"]
+__all__ = ["DTNH", "ACCUMULATIONS", "NONFINITE_POLICIES", "REFERENCES"]
 
 _log = logging.getLogger("paddle_dtnh")
+
+#: How the loop accumulates micro-batches in hook mode: ``"sum"``, each
+#: micro-batch's loss backpropagated as it is (``paddle.Model``'s
+#: ``accumulate_grad_batches``, PaddleHub's Trainer), so ``p.grad`` and gO are
+#: sums; ``"mean"``, ``(loss / k).backward()``, so ``p.grad`` is the mean and
+#: gO is averaged over the ``regularize`` calls (or counted once, closed form).
+ACCUMULATIONS = ("sum", "mean")
 
 #: What to do when the direction holds NaN or Inf: skip the step (and count
 #: it) or raise ``FloatingPointError``. Weights and optimizer state are never
 #: touched by a non-finite step either way. Under a ``GradScaler`` an
 #: overflow is routine: the step is skipped and counted, never raised.
 NONFINITE_POLICIES = ("skip", "raise")
-
-_STATE_KEY = "dtnh"
-_INNER_KEY = "optimizer"
-_UNSET = object()
-_RULE_OPTIONS = ("granularity", "on_conflict", "reference", "max_reg_ratio", "ema_decay", "holdout_every")
-
-
-def _coupled_weight_decay(optimizer):
-    """The weight decay an optimizer adds to the gradient, or None. Momentum
-    keeps an L2 coefficient of its own, fused into its update kernel; AdamW's
-    decoupled decay is not a gradient term and is not reported."""
-    decay = getattr(optimizer, "regularization", None)
-    if decay is not None:
-        return decay
-    coeff = compat.l2_decay_coeff(optimizer)
-    if coeff:
-        return f"L2Decay({coeff})"
-    return None
-
-
-def _rule_of(preset, options: dict) -> Rule:
-    """The Rule of a DTNH: ``preset`` with the options given."""
-    return resolve_rule(preset, **{k: v for k, v in options.items() if v is not _UNSET})
-
-
-def _checked_fit(preset, fit):
-    """The SourceFit of ``preset="auto"`` (None for every other preset)."""
-    if isinstance(preset, str) and preset == "auto":
-        if fit is None:
-            raise ValueError("preset='auto' chooses the rule from a source-fit test run before training: "
-                             "pass fit=paddle_dtnh.source_fit(source, train_images, train_labels, head=...).")
-        if not isinstance(fit, SourceFit):
-            raise TypeError(f"fit must be the SourceFit that paddle_dtnh.source_fit returns, got "
-                            f"{type(fit).__name__}.")
-        return fit
-    if fit is not None:
-        raise ValueError(f"fit= is only used by preset='auto' (this DTNH runs {preset!r}): drop fit= or "
-                         "pass preset='auto'.")
-    return None
-
-
-def _preset_name(rule: Rule):
-    """The name of ``rule`` in PRESETS, or None."""
-    return next((name for name, r in PRESETS.items() if r == rule), None)
-
 
 class DTNH(compat.OptimizerFacade):
     r"""Make a regularized transfer-learning step "never hurt" the data fit.
@@ -119,9 +81,11 @@ class DTNH(compat.OptimizerFacade):
     * hook, for loops that call ``loss.backward()`` themselves (PaddleHub's
       Trainer, ``paddle.Model``, a ``GradScaler`` loop): per micro-batch,
       ``opt.regularize(omega)`` then ``loss.backward()``; then
-      ``opt.step()`` once. With gradient accumulation, gO is summed over
-      the micro-batches as ``backward()`` sums gJ. Weight regularizers may
-      skip ``regularize`` (closed form, counted once per backward).
+      ``opt.step()`` once. With gradient accumulation, say how the loop
+      scales its micro-batch losses (``accumulation``); either way the step
+      is the whole batch's (``"sum"``: times the number of micro-batches, as
+      the loop's own gradient is). Weight regularizers may skip
+      ``regularize`` (closed form).
 
     Args:
         optimizer (paddle.optimizer.Optimizer): the inner optimizer (SGD,
@@ -162,6 +126,11 @@ class DTNH(compat.OptimizerFacade):
         on_nonfinite (str, optional): ``"skip"`` skips a step whose direction
             holds NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"``
             raises ``FloatingPointError``. Default: "skip".
+        accumulation (str, optional): hook mode with several micro-batches
+            per step: ``"sum"`` when each micro-batch's loss is backpropagated
+            as it is (``paddle.Model(accumulate_grad_batches=k)``), ``"mean"``
+            for the ``(loss / k).backward()`` idiom. Pass ``omega`` to
+            :meth:`regularize` unscaled either way. Default: "sum".
         max_consecutive_skips (int, optional): a run whose last this many
             steps were all skipped (non-finite, GradScaler overflows
             included) has diverged: the next skip raises
@@ -220,12 +189,12 @@ class DTNH(compat.OptimizerFacade):
         lam_decay: float = 1.0,
         steps_per_epoch: int | None = None,
         preset: str | Rule = "paper",
-        granularity=_UNSET,
-        on_conflict=_UNSET,
-        reference=_UNSET,
-        max_reg_ratio=_UNSET,
-        ema_decay=_UNSET,
-        holdout_every=_UNSET,
+        granularity=UNSET,
+        on_conflict=UNSET,
+        reference=UNSET,
+        max_reg_ratio=UNSET,
+        ema_decay=UNSET,
+        holdout_every=UNSET,
         holdout=None,
         on_nonfinite: str = "skip",
         max_consecutive_skips: int = 50,
@@ -235,27 +204,21 @@ class DTNH(compat.OptimizerFacade):
         model: paddle.nn.Layer | None = None,
         fit=None,
         data_parallel: bool = True,
+        accumulation: str = "sum",
     ):
         options = dict(granularity=granularity, on_conflict=on_conflict, reference=reference,
                        max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every)
-        self.source_fit = _checked_fit(preset, fit)
-        self.rule = _rule_of(fit.rule if preset == "auto" else preset, options)
-        self.preset = preset if isinstance(preset, str) else None
-        if holdout is None and self.rule.reference == "holdout" and self.rule.fallback is not None:
-            warnings.warn(
-                f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
-                f"held-out data, but no holdout= was given: using its fallback {self.rule.fallback} instead. "
-                "Pass holdout=fn (a zero-argument callable returning the empirical loss on held-out target "
-                "data) for the rule itself; docs/rules.md says what each does.", UserWarning, stacklevel=2)
-            self.rule = self.rule.fallback
-            self.preset = _preset_name(self.rule)  # what runs is what the object says
+        chosen = choose_rule(preset, options, fit=fit, has_holdout=holdout is not None)
+        self.rule, self.preset, self.source_fit = chosen.rule, chosen.preset, chosen.source_fit
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        check_choice("accumulation", accumulation, ACCUMULATIONS)
+        self.accumulation = accumulation
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
         params = optimizer_parameters(optimizer)
-        self._check_weight_decay(optimizer)
+        check_inner(optimizer)
         if regularizer is not None:
-            self._check_regularizer(regularizer, params)
+            check_regularizer(regularizer, params)
 
         self._inner = optimizer
         self._params = params
@@ -269,6 +232,8 @@ class DTNH(compat.OptimizerFacade):
         self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
         self.data_parallel = bool(data_parallel)
+        self._reg_gradient = None if regularizer is None else RegularizerGradient(regularizer,
+                                                                                  data_parallel=self.data_parallel)
         self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
         self._consecutive_skips = 0
         self.track_stats = track_stats
@@ -282,6 +247,7 @@ class DTNH(compat.OptimizerFacade):
         self._explicit = ExplicitLoop(self)  # update()
         self._hook = HookLoop(self)  # regularize(), step(): gO per micro-batch, paired with backward()
         self._aux = {}  # GradScaler's auxiliary variables (found_inf)
+        self._checkpoint = DTNHCheckpoint(self)
         if self.source_fit is not None:
             if rank() == 0:  # one line per job, not per process
                 print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
@@ -292,44 +258,6 @@ class DTNH(compat.OptimizerFacade):
     reference = property(lambda self: self.rule.reference)
     max_reg_ratio = property(lambda self: self.rule.max_reg_ratio)
     ema_decay = property(lambda self: self.rule.ema_decay)
-
-    @staticmethod
-    def _check_weight_decay(optimizer) -> None:
-        groups = compat.param_groups(optimizer)
-        decays = [_coupled_weight_decay(optimizer)]
-        # Momentum keeps a group's L2 coefficient apart from its weight_decay
-        decays += [g.get("weight_decay") or (g.get("regularization_coeff") and
-                   f"L2Decay({g['regularization_coeff']}) in a parameter group") for g in groups]
-        for decay in decays:
-            if isinstance(decay, TransferRegularizer):
-                raise TypeError(
-                    "A transfer regularizer was passed as the optimizer's weight_decay; "
-                    "that path bypasses DTNH. Pass it as DTNH(optimizer, regularizer, lam=...)."
-                )
-        found = [d for d in decays if d]
-        if found:
-            warnings.warn(
-                f"The inner optimizer has weight_decay={found[0]!r}: it is added after the "
-                "DTNH projection and is never projected. To regularize under DTNH, use "
-                "paddle_dtnh.regularizers.L2 (or L2SP) as the regularizer instead.",
-                stacklevel=3,
-            )
-
-    @staticmethod
-    def _check_regularizer(regularizer, params) -> None:
-        if not isinstance(regularizer, TransferRegularizer):
-            raise TypeError(
-                "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
-                f"got {type(regularizer).__name__}."
-            )
-        owned = {id(p) for p in params}
-        foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
-        if foreign:
-            raise ValueError(
-                f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
-                f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
-                "parameters as the regularizer."
-            )
 
     # -- the coefficient ---------------------------------------------------
     @property
@@ -369,7 +297,7 @@ class DTNH(compat.OptimizerFacade):
             if omega is not None:
                 raise ValueError("omega was given but this DTNH has no regularizer.")
             return [None] * len(params)
-        return self.regularizer.grads(params, omega)
+        return self._reg_gradient(params, omega)
 
     def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None, *, scaler=None) -> dict:
         """Explicit mode: one DTNH step from this batch's losses.
@@ -399,10 +327,11 @@ class DTNH(compat.OptimizerFacade):
 
         Call it once per micro-batch, after the forward pass and before that
         batch's ``loss.backward()``; it keeps the graph alive for the
-        backward. gO adds up over the micro-batches until :meth:`step`,
-        exactly as ``backward()`` adds gJ up in ``p.grad`` (scale ``omega``
-        as you scale the loss). A ``regularize`` whose forward never gets its
-        ``backward()`` makes :meth:`step` raise.
+        backward. gO adds up over the micro-batches until :meth:`step`
+        as ``backward()`` adds gJ up in ``p.grad``: summed with
+        ``accumulation="sum"``, averaged with ``"mean"`` (the ``loss / k``
+        idiom); pass ``omega`` unscaled either way. A ``regularize`` whose
+        forward never gets its ``backward()`` makes :meth:`step` raise.
 
         Args:
             omega (Tensor): the regularizer's value on this batch, unscaled.
@@ -555,82 +484,25 @@ class DTNH(compat.OptimizerFacade):
 
     clear_gradients = clear_grad
 
-    def _config(self) -> dict:
-        config = {"lam": self.lam0, "lam_decay": self.lam_decay, "preset": self.preset, **self.rule.as_dict()}
-        if self.source_fit is not None:  # the decision is saved: a resume never re-decides silently
-            config["source_fit"] = self.source_fit.as_dict()
-        return config
-
     def state_dict(self) -> dict:
         """The inner optimizer's state under ``"optimizer"`` (accumulators keyed
         by the model's structured parameter names, so resuming never depends
         on the order layers were created in), DTNH's under ``"dtnh"``
         (counters, configuration, the reference's state: the moving average
-        or the held-out gradient)."""
-        return {
-            _INNER_KEY: self._state.state(),
-            _STATE_KEY: {
-                "num_steps": self.num_steps,
-                "skipped_steps": self.skipped_steps,
-                "epoch": self._epoch,
-                **self._reference.state_dict(self._names, self._params),
-                **self._config(),
-            },
-        }
+        or the held-out gradient). Layout: :mod:`paddle_dtnh._checkpoint`."""
+        return self._checkpoint.state_dict()
 
     def check_state_dict(self, state_dict) -> None:
         """Raise ValueError (naming the item and the fix) unless ``state_dict``
         fits this optimizer; nothing is changed."""
-        self._validated(state_dict)
-
-    def _validated(self, state_dict) -> dict:
-        """``state_dict`` with its arrays as tensors, once checked to fit."""
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
-        state_dict = files.to_tensors(state_dict)  # paddle.Model.load leaves (name, ndarray) pairs
-        if _STATE_KEY not in state_dict:
-            self._state.check_bare(state_dict)
-            return state_dict
-        ours, inner = state_dict[_STATE_KEY], state_dict.get(_INNER_KEY)
-        missing = {"num_steps", "skipped_steps", "epoch"} - set(ours if isinstance(ours, dict) else {})
-        if missing or not isinstance(inner, dict):
-            raise ValueError(f"Corrupt DTNH state_dict: missing {sorted(missing) or [_INNER_KEY]}.")
-        problems = self._state.problems(inner) + self._reference.problems(ours, self._names, self._params)
-        if problems:
-            raise ValueError(
-                "The saved optimizer state does not fit this model and optimizer:\n  "
-                + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
-                + "\nBuild the same model, optimizer and model= as when it was saved."
-            )
-        return state_dict
+        self._checkpoint.validated(state_dict)
 
     def set_state_dict(self, state_dict: dict) -> None:
         """Load a state saved by :meth:`state_dict` (or, where its generated names
         still match, by the bare inner optimizer). All or nothing: the whole dict
-        is checked (names, shapes, dtypes) before anything is written."""
-        state_dict = self._validated(state_dict)
-        if _STATE_KEY not in state_dict:
-            self._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
-            return
-        ours, inner = state_dict[_STATE_KEY], state_dict[_INNER_KEY]
-        # 0.1 saved the on_conflict choice as "rule": its checkpoints still load
-        saved_config = {"on_conflict" if k == "rule" else k: v for k, v in ours.items()}
-        # a preset's name is compared only where both sides have one: the same
-        # rule passed as a Rule object is the same configuration
-        changed = [f"{k}: saved {saved_config[k]!r}, now {v!r}" for k, v in self._config().items()
-                   if k in saved_config and saved_config[k] != v
-                   and not (k == "preset" and None in (v, saved_config[k]))]
-        if changed:
-            warnings.warn(
-                "Resuming with a different DTNH configuration than saved (the "
-                "current one is used): " + "; ".join(changed),
-                stacklevel=2,
-            )
-        self._state.load(inner)
-        self.num_steps = int(ours["num_steps"])
-        self.skipped_steps = int(ours["skipped_steps"])
-        self._epoch = int(ours["epoch"])
-        self._reference.set_state_dict(ours, self._names, self._params)
+        is checked (names, shapes, dtypes) before anything is written; a
+        configuration other than the saved one warns, naming what changed."""
+        self._checkpoint.load(state_dict)
 
     def __repr__(self) -> str:
         reg = type(self.regularizer).__name__ if self.regularizer is not None else None

@@ -187,3 +187,44 @@ def test_never_hurt_holdout_is_deprecated_with_its_evidence():
     explicit = Rule(granularity="layer", on_conflict="drop", reference="holdout", max_reg_ratio=1.0, holdout_every=8)
     assert explicit == rule.replace(fallback=None)
     assert set(DEPRECATED_PRESETS) <= set(PRESETS)
+
+
+# -- gradient accumulation: both idioms give the whole batch's step -------------------------
+def _accumulation_run(kind, micro_batches, *, scale_loss, accumulation="sum", regularize=True):
+    """Weights moved by one hook-mode step over ``micro_batches``."""
+    from tests.test_hook_mode import setup, weights
+
+    model, reg, opt = setup(kind, lr=0.1, accumulation=accumulation)
+    before = weights(model)
+    for x, y in micro_batches:
+        out, omega = reg.run(x)
+        if regularize:
+            opt.regularize(omega)
+        loss = F.cross_entropy(out, y)
+        (loss / len(micro_batches) if scale_loss else loss).backward()
+    opt.step()
+    return [a - b for a, b in zip(weights(model), before)]
+
+
+@pytest.mark.parametrize("kind,regularize", [("L2SP", True), ("L2SP", False), ("KnowDist", True)])
+@pytest.mark.parametrize("idiom", ["sum", "mean"])
+def test_accumulated_micro_batches_take_the_whole_batch_step(kind, regularize, idiom, float64):
+    """Two micro-batches, then step(): ``"mean"`` with ``(loss / 2).backward()``
+    is the whole batch's step; ``"sum"`` with the losses as they are is twice
+    it (the loop's own gradient is the sum). 0.3 added an extra pull under
+    ``loss / 2`` whatever omega was given."""
+    from tests.test_hook_mode import data
+
+    micro = data(2)
+    whole = [(paddle.concat([x for x, _ in micro]), paddle.concat([y for _, y in micro]))]
+    expected = _accumulation_run(kind, whole, scale_loss=False)
+    got = _accumulation_run(kind, micro, scale_loss=idiom == "mean", accumulation=idiom, regularize=regularize)
+    factor = 1.0 if idiom == "mean" else 2.0
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, factor * e, rtol=1e-9, atol=1e-12)
+
+
+def test_accumulation_is_checked():
+    with pytest.raises(ValueError, match="accumulation.*'sum', 'mean'"):
+        DTNH(paddle.optimizer.SGD(0.1, parameters=paddle.nn.Linear(2, 2).parameters()), lam=1.0,
+             accumulation="average")

@@ -1,0 +1,107 @@
+"""DTNH's checkpoint: what :meth:`paddle_dtnh.DTNH.state_dict` writes and
+:meth:`~paddle_dtnh.DTNH.set_state_dict` reads back.
+
+Layout (a dict, so ``paddle.save`` and ``paddle.Model.save`` store it)::
+
+    {"optimizer": the inner optimizer's state, accumulators keyed by the
+                  model's structured parameter names (_optim_state.py),
+     "dtnh": {"num_steps", "skipped_steps", "epoch",
+              the reference's state (moving average or held-out gradient),
+              the configuration: lam, lam_decay, preset, the rule's fields,
+              source_fit (preset "auto")}}
+
+A checkpoint of the bare inner optimizer (no ``"dtnh"``) also loads, where
+its generated parameter names still match. Loading is all or nothing: the
+whole dict is checked (names, shapes, dtypes) before anything is written.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from .io import files
+
+__all__ = ["DTNHCheckpoint", "STATE_KEY", "INNER_KEY"]
+
+STATE_KEY = "dtnh"
+INNER_KEY = "optimizer"
+_COUNTERS = ("num_steps", "skipped_steps", "epoch")
+
+
+class DTNHCheckpoint:
+    """Saves and restores one :class:`~paddle_dtnh.DTNH`'s state."""
+
+    def __init__(self, dtnh):
+        self.dtnh = dtnh
+
+    def config(self) -> dict:
+        """The configuration saved beside the counters (compared on load)."""
+        opt = self.dtnh
+        config = {"lam": opt.lam0, "lam_decay": opt.lam_decay, "preset": opt.preset, **opt.rule.as_dict()}
+        if opt.source_fit is not None:  # the decision is saved: a resume never re-decides silently
+            config["source_fit"] = opt.source_fit.as_dict()
+        return config
+
+    def state_dict(self) -> dict:
+        opt = self.dtnh
+        return {
+            INNER_KEY: opt._state.state(),
+            STATE_KEY: {
+                "num_steps": opt.num_steps,
+                "skipped_steps": opt.skipped_steps,
+                "epoch": opt._epoch,
+                **opt._reference.state_dict(opt._names, opt._params),
+                **self.config(),
+            },
+        }
+
+    def validated(self, state_dict) -> dict:
+        """``state_dict`` with its arrays as tensors, once checked to fit;
+        TypeError/ValueError naming the item and the fix otherwise."""
+        opt = self.dtnh
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
+        state_dict = files.to_tensors(state_dict)  # paddle.Model.load leaves (name, ndarray) pairs
+        if STATE_KEY not in state_dict:
+            opt._state.check_bare(state_dict)
+            return state_dict
+        ours, inner = state_dict[STATE_KEY], state_dict.get(INNER_KEY)
+        missing = set(_COUNTERS) - set(ours if isinstance(ours, dict) else {})
+        if missing or not isinstance(inner, dict):
+            raise ValueError(f"Corrupt DTNH state_dict: missing {sorted(missing) or [INNER_KEY]}.")
+        problems = opt._state.problems(inner) + opt._reference.problems(ours, opt._names, opt._params)
+        if problems:
+            raise ValueError(
+                "The saved optimizer state does not fit this model and optimizer:\n  "
+                + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
+                + "\nBuild the same model, optimizer and model= as when it was saved."
+            )
+        return state_dict
+
+    def load(self, state_dict) -> None:
+        opt = self.dtnh
+        state_dict = self.validated(state_dict)
+        if STATE_KEY not in state_dict:
+            opt._inner.set_state_dict(state_dict)  # DTNH starts its counters fresh
+            return
+        ours, inner = state_dict[STATE_KEY], state_dict[INNER_KEY]
+        self._warn_if_configured_otherwise(ours)
+        opt._state.load(inner)
+        opt.num_steps = int(ours["num_steps"])
+        opt.skipped_steps = int(ours["skipped_steps"])
+        opt._epoch = int(ours["epoch"])
+        opt._reference.set_state_dict(ours, opt._names, opt._params)
+
+    def _warn_if_configured_otherwise(self, saved: dict) -> None:
+        # 0.1 saved the on_conflict choice as "rule": its checkpoints still load
+        saved = {"on_conflict" if k == "rule" else k: v for k, v in saved.items()}
+        # a preset's name is compared only where both sides have one: the same
+        # rule passed as a Rule object is the same configuration
+        changed = [f"{k}: saved {saved[k]!r}, now {v!r}" for k, v in self.config().items()
+                   if k in saved and saved[k] != v and not (k == "preset" and None in (v, saved[k]))]
+        if changed:
+            warnings.warn(
+                "Resuming with a different DTNH configuration than saved (the current one is used): "
+                + "; ".join(changed),
+                stacklevel=4,
+            )

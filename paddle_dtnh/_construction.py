@@ -1,0 +1,124 @@
+"""What ``DTNH(...)`` checks and decides before it wraps an optimizer: the
+rule it runs (a preset, its overrides, ``"auto"``'s decision, a held-out
+rule's fallback) and whether the inner optimizer and the regularizer fit."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from . import _paddle_compat as compat
+from .regularizers.base import TransferRegularizer
+from .rules import PRESETS, Rule, resolve_rule
+from .transferability import SourceFit
+
+__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer"]
+
+#: an option the caller did not give (None is a value: ``max_reg_ratio=None``)
+UNSET = object()
+
+
+@dataclass(frozen=True)
+class ChosenRule:
+    """The rule a DTNH runs, the preset name it reports (None for a Rule
+    object), and ``preset="auto"``'s test (None otherwise)."""
+
+    rule: Rule
+    preset: str | None
+    source_fit: SourceFit | None
+
+
+def _checked_fit(preset, fit):
+    """The SourceFit of ``preset="auto"`` (None for every other preset)."""
+    if isinstance(preset, str) and preset == "auto":
+        if fit is None:
+            raise ValueError("preset='auto' chooses the rule from a source-fit test run before training: "
+                             "pass fit=paddle_dtnh.source_fit(source, train_images, train_labels, head=...).")
+        if not isinstance(fit, SourceFit):
+            raise TypeError(f"fit must be the SourceFit that paddle_dtnh.source_fit returns, got "
+                            f"{type(fit).__name__}.")
+        return fit
+    if fit is not None:
+        raise ValueError(f"fit= is only used by preset='auto' (this DTNH runs {preset!r}): drop fit= or "
+                         "pass preset='auto'.")
+    return None
+
+
+def _preset_name(rule: Rule):
+    """The name of ``rule`` in PRESETS, or None."""
+    return next((name for name, r in PRESETS.items() if r == rule), None)
+
+
+def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> ChosenRule:
+    """``preset`` with the ``options`` given (UNSET ones left out); "auto"
+    runs what ``fit`` chose; a held-out rule without ``holdout=`` runs its
+    fallback, with a warning, and reports the fallback's name: what runs is
+    what the object, the log and the checkpoint say."""
+    source_fit = _checked_fit(preset, fit)
+    given = {k: v for k, v in options.items() if v is not UNSET}
+    rule = resolve_rule(fit.rule if source_fit is not None else preset, **given)
+    name = preset if isinstance(preset, str) else None
+    if not has_holdout and rule.reference == "holdout" and rule.fallback is not None:
+        warnings.warn(
+            f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
+            f"held-out data, but no holdout= was given: using its fallback {rule.fallback} instead. "
+            "Pass holdout=fn (a zero-argument callable returning the empirical loss on held-out target "
+            "data) for the rule itself; docs/rules.md says what each does.", UserWarning, stacklevel=3)
+        rule = rule.fallback
+        name = _preset_name(rule)
+    return ChosenRule(rule=rule, preset=name, source_fit=source_fit)
+
+
+def _coupled_weight_decay(optimizer):
+    """The weight decay an optimizer adds to the gradient, or None. Momentum
+    keeps an L2 coefficient of its own, fused into its update kernel; AdamW's
+    decoupled decay is not a gradient term and is not reported."""
+    decay = getattr(optimizer, "regularization", None)
+    if decay is not None:
+        return decay
+    coeff = compat.l2_decay_coeff(optimizer)
+    if coeff:
+        return f"L2Decay({coeff})"
+    return None
+
+
+def check_inner(optimizer) -> None:
+    """The inner optimizer's weight decay: a transfer regularizer there is
+    an error (it would bypass DTNH), any other decay a warning (it is added
+    after the projection)."""
+    groups = compat.param_groups(optimizer)
+    decays = [_coupled_weight_decay(optimizer)]
+    # Momentum keeps a group's L2 coefficient apart from its weight_decay
+    decays += [g.get("weight_decay") or (g.get("regularization_coeff") and
+               f"L2Decay({g['regularization_coeff']}) in a parameter group") for g in groups]
+    for decay in decays:
+        if isinstance(decay, TransferRegularizer):
+            raise TypeError(
+                "A transfer regularizer was passed as the optimizer's weight_decay; "
+                "that path bypasses DTNH. Pass it as DTNH(optimizer, regularizer, lam=...)."
+            )
+    found = [d for d in decays if d]
+    if found:
+        warnings.warn(
+            f"The inner optimizer has weight_decay={found[0]!r}: it is added after the "
+            "DTNH projection and is never projected. To regularize under DTNH, use "
+            "paddle_dtnh.regularizers.L2 (or L2SP) as the regularizer instead.",
+            stacklevel=3,
+        )
+
+
+def check_regularizer(regularizer, params) -> None:
+    """A TransferRegularizer over parameters the optimizer owns."""
+    if not isinstance(regularizer, TransferRegularizer):
+        raise TypeError(
+            "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
+            f"got {type(regularizer).__name__}."
+        )
+    owned = {id(p) for p in params}
+    foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
+    if foreign:
+        raise ValueError(
+            f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
+            f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
+            "parameters as the regularizer."
+        )
