@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import paddle
 import pytest
 
 from paddle_dtnh.data import load_dataset
@@ -29,7 +30,15 @@ def test_pretrained_source_is_cached_by_its_settings(tiny_source):
     again = pretrain_source("digits", cache_dir=cache, image_size=16, max_images=64, batch_size=32, progress=False)
     assert again == path and os.path.getmtime(path) == mtime  # reused, not retrained
     meta = json.load(open(path[: -len(".pdparams")] + ".json"))
-    assert meta["dataset"] == "digits" and 0.0 <= meta["test_accuracy"] <= 1.0
+    assert meta["dataset"] == "digits"
+    # the accuracy the cache records is the cached network's on the test images
+    from lab.runs import load_source
+    from lab.sources import evaluate
+    from paddle_dtnh.data import to_tensor_batch
+
+    test = load_dataset("digits").test
+    x, y = to_tensor_batch(test.images[:2000], 16), paddle.to_tensor(test.labels[:2000])
+    assert meta["test_accuracy"] == pytest.approx(evaluate(load_source(path, "resnet18"), x, y)[1], abs=1e-9)
     other = pretrain_source("digits", cache_dir=cache, image_size=16, max_images=32, batch_size=32, progress=False)
     assert other != path
 
@@ -41,16 +50,20 @@ def test_every_method_runs_and_reports(tiny_source, method):
     cfg = RunConfig(iterations=3, batch_size=8, per_class=2, image_size=16, eval_interval=3,
                     stats_interval=1, max_test=40)
     result = run_transfer(method, path, target, cfg, seed=0, progress=False)
-    assert 0.0 <= result["test_accuracy"] <= 1.0
+    # the final accuracy is the last evaluation's, on the 40 test images
     assert result["curve"]["iteration"] == [0, 3]
+    assert result["test_accuracy"] == result["curve"]["test_accuracy"][-1]
+    assert round(result["test_accuracy"] * 40, 6).is_integer()
     diag = result["diagnostics"]
     assert diag["step"] == [1, 2, 3]
     a1, a3 = np.array(diag["angle1"]), np.array(diag["angle3"])
     spec = METHODS[method]
     if spec.rule == PRESETS["paper"]:  # the global projection only adds gJ: d turns toward gJ
         assert (a1 <= a3 + 1e-6).all()
-    elif spec.project:  # other rules guarantee <d, r> >= <gJ, r> for their reference, not an angle
-        assert ((0 <= a1) & (a1 <= 180)).all()
+    elif spec.project and spec.rule.reference == "batch":  # <d, gJ> >= ||gJ||^2 > 0 block by block
+        assert (a1 < 90).all()
+    elif spec.project:  # the guarantee is for their reference, not gJ: the angles are measured, finite
+        assert np.isfinite(a1).all() and np.isfinite(a3).all()
     else:  # without projection the direction is the vanilla one
         np.testing.assert_allclose(a1, a3, atol=1e-6)
 
@@ -194,7 +207,7 @@ def test_every_holdout_source_runs_through_the_harness(tiny_source, source):
                     stats_interval=1, max_test=40, holdout_per_class=1, holdout_source=source, holdout_every=2)
     result = run_transfer("dtnh_l2sp@layer_drop_holdout", path, load_dataset("digits"), cfg, seed=0,
                           progress=False)
-    assert result["diagnostics"]["step"] == [1, 2, 3, 4] and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["diagnostics"]["step"] == [1, 2, 3, 4]
     if source != "next":
         with pytest.raises(ValueError, match="holdout_per_class"):
             run_transfer("dtnh_l2sp@layer_drop_holdout", path, load_dataset("digits"),

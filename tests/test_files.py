@@ -56,7 +56,7 @@ def test_every_single_byte_flip_is_refused_or_harmless(tmp_path):
         for k, v in target.state_dict().items():  # loaded: then exactly what was saved
             np.testing.assert_array_equal(v.numpy(), saved[k], err_msg=f"flip at byte {i} changed {k}")
         identical += 1
-    assert refused + identical == len(data) and refused > 0.9 * len(data)
+    assert refused > 0.9 * len(data)  # the rest load exactly what was saved (checked above)
 
 
 def test_a_corrupt_tensor_is_named(tmp_path):
