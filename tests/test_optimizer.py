@@ -447,11 +447,39 @@ def test_ema_reference_resumes_bit_equal(tmp_path):
     net_b.set_state_dict(net_a.state_dict())
     opt_b = build(net_b)
     opt_b.set_state_dict(paddle.load(str(tmp_path / "opt.pdopt")))
-    assert set(opt_b.state_dict()["dtnh"]["ema"]) == {n for n, p in net_b.named_parameters()}
+    assert set(opt_b.state_dict()["dtnh"]["ema_scaled"]) == {n for n, p in net_b.named_parameters()}
     for x, y in data[3:]:
         opt_a.update(F.cross_entropy(net_a(x), y))
         opt_b.update(F.cross_entropy(net_b(x), y))
         assert_same(net_a, net_b, rtol=0, atol=0)
+
+
+def test_a_0_4_0_moving_average_checkpoint_still_loads():
+    """0.2-0.4.0 saved m itself under "ema"; it loads as M = m / (1 - beta) and
+    the run goes on as the uninterrupted one (up to rounding)."""
+    source, net_a = perturbed_pair()
+    data = batches(5)
+
+    def build(net):
+        reg = L2SP(net, source, alpha=1.0, beta=0.1, head=["4"])
+        return DTNH(paddle.optimizer.SGD(0.1, parameters=net.parameters()), reg, lam=1.0,
+                    preset="never_hurt", ema_decay=0.8)
+
+    opt_a = build(net_a)
+    for x, y in data[:2]:
+        opt_a.update(F.cross_entropy(net_a(x), y))
+    state = opt_a.state_dict()
+    scaled = state["dtnh"].pop("ema_scaled")
+    state["dtnh"]["ema"] = {n: t * 0.2 for n, t in scaled.items()}  # as 0.4.0 wrote it
+    net_b = copy.deepcopy(net_a)
+    opt_b = build(net_b)
+    opt_b.set_state_dict(state)
+    for name, t in opt_b.state_dict()["dtnh"]["ema_scaled"].items():
+        np.testing.assert_allclose(t.numpy(), scaled[name].numpy(), rtol=1e-6)
+    for x, y in data[2:]:
+        opt_a.update(F.cross_entropy(net_a(x), y))
+        opt_b.update(F.cross_entropy(net_b(x), y))
+    assert_same(net_a, net_b, rtol=1e-5, atol=1e-7)
 
 
 def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
@@ -468,15 +496,17 @@ def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 opt.update(loss * float("nan"))
-            assert opt.skipped_steps == 1 and opt.state_dict()["dtnh"]["ema"] == {}
+            assert opt.skipped_steps == 1 and opt.state_dict()["dtnh"]["ema_scaled"] == {}
             expected = None
             continue
         g = [t.numpy() for t in paddle.grad(loss, net.parameters(), retain_graph=True)]
         expected = g if expected is None else [beta * m + (1 - beta) * gi for m, gi in zip(expected, g)]
         opt.update(loss)
-        ema = opt.state_dict()["dtnh"]["ema"]
+        ema = opt._reference.average(names, net.parameters())
+        held = opt.state_dict()["dtnh"]["ema_scaled"]  # M = m / (1 - beta), what the checkpoint keeps
         for name, m in zip(names, expected):
             np.testing.assert_allclose(ema[name].numpy(), m, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(held[name].numpy() * (1 - beta), m, rtol=1e-5, atol=1e-7)
 
 
 def test_resuming_with_another_rule_warns_and_names_the_option():

@@ -87,6 +87,10 @@ class WeightRegularizer(TransferRegularizer):
         """Names of :meth:`regularized_parameters`, in the same order."""
         return [n for n, _, _ in self._shared] + [n for n, _ in self._new]
 
+    def _times_alpha(self, grad, param):
+        """alpha * grad, in place where grad is a fresh tensor (one pass, no second allocation)."""
+        return self.alpha * grad if grad is param else grad.scale_(self.alpha)
+
     def _penalty(self, index: int, w, w0):
         raise NotImplementedError
 
@@ -103,7 +107,7 @@ class WeightRegularizer(TransferRegularizer):
     @paddle.no_grad()
     def closed_form_grads(self) -> list:
         """:math:`g_\\Omega` in closed form, aligned with :meth:`regularized_parameters`."""
-        grads = [self.alpha * self._penalty_grad(i, p, r) for i, (_, p, r) in enumerate(self._shared)]
+        grads = [self._times_alpha(self._penalty_grad(i, p, r), p) for i, (_, p, r) in enumerate(self._shared)]
         grads += [self.beta * p for _, p in self._new]
         return grads
 
