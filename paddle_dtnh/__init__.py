@@ -20,7 +20,7 @@ from ._quiet import import_paddle_quietly
 import_paddle_quietly()
 
 from . import attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
-from .optimizer import DTNH, NONFINITE_POLICIES  # noqa: E402
+from .optimizer import ACCUMULATIONS, DTNH, NONFINITE_POLICIES  # noqa: E402
 from .projection import dtnh_direction  # noqa: E402
 from .transferability import SourceFit, source_fit  # noqa: E402
 from .rules import GRANULARITIES, ON_CONFLICT, PRESETS, REFERENCES, Rule, resolve_rule  # noqa: E402
@@ -35,6 +35,7 @@ __all__ = [
     "SourceFit",
     "source_fit",
     "NONFINITE_POLICIES",
+    "ACCUMULATIONS",
     "GRANULARITIES",
     "ON_CONFLICT",
     "REFERENCES",
