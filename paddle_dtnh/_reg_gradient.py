@@ -57,10 +57,6 @@ class RegularizerGradient:
         self.data_parallel = data_parallel
         self._path_checked = False  # a closed form's omega is checked for its path once
 
-    @property
-    def has_closed_form(self) -> bool:
-        return self.regularizer.has_closed_form
-
     def __call__(self, params: list, omega) -> list:
         reg = self.regularizer
         if reg.has_closed_form:
