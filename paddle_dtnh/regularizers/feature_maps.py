@@ -107,8 +107,11 @@ class FeatureMapRegularizer(TransferRegularizer):
         """Cast and move this loss's constants and its frozen source network
         (not a sublayer, so Paddle's ``Layer.to`` would skip it); the target
         model is the user's to move. Returns self."""
-        super().to(device=device, dtype=dtype, blocking=blocking, non_blocking=non_blocking)
-        self._source.to(device=device, dtype=dtype, blocking=blocking, non_blocking=non_blocking)
+        # only what was given: Paddle releases before 3.0 have no non_blocking
+        given = {k: v for k, v in dict(device=device, dtype=dtype, blocking=blocking,
+                                       non_blocking=non_blocking).items() if v is not None}
+        super().to(**given)
+        self._source.to(**given)
         return self
 
     def regularized_parameters(self) -> list:
