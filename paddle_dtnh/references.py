@@ -140,7 +140,8 @@ class MovingAverage(_PerParameter):
         legacy = state.get(self.legacy_key)
         if self.key in state or not isinstance(legacy, dict):
             return state
-        return {**state, self.key: {n: paddle.to_tensor(t) * (1.0 / (1.0 - self.decay)) for n, t in legacy.items()}}
+        # tensors or arrays (set_state_dict places them); to_tensor of a tensor would warn
+        return {**state, self.key: {n: t * (1.0 / (1.0 - self.decay)) for n, t in legacy.items()}}
 
     def problems(self, state, names, params) -> list:
         return super().problems(self._current(state), names, params)
