@@ -97,7 +97,7 @@ class DTNHCheckpoint:
         saved = {"on_conflict" if k == "rule" else k: v for k, v in saved.items()}
         # a preset's name is compared only where both sides have one: the same
         # rule passed as a Rule object is the same configuration
-        changed = [f"{k}: saved {saved[k]!r}, now {v!r}" for k, v in self.config().items()
+        changed = [_changed(k, saved[k], v) for k, v in self.config().items()
                    if k in saved and saved[k] != v and not (k == "preset" and None in (v, saved[k]))]
         if changed:
             warnings.warn(
@@ -105,3 +105,14 @@ class DTNHCheckpoint:
                 + "; ".join(changed),
                 stacklevel=4,
             )
+
+
+def _changed(key, saved, now) -> str:
+    """One item of the changed-configuration warning; a source-fit report in
+    words (its digests would fill a screen)."""
+    if key != "source_fit" or not isinstance(saved, dict):
+        return f"{key}: saved {saved!r}, now {now!r}"
+    if saved.get("source_digests") and now.get("source_digests") and saved["source_digests"] != now["source_digests"]:
+        return "source_fit: the saved report was measured on another source (its weight digests differ)"
+    return (f"source_fit: saved advantage {saved.get('advantage', float('nan')):+.3f} -> preset "
+            f"{saved.get('preset')!r}, now {now.get('advantage', float('nan')):+.3f} -> {now.get('preset')!r}")

@@ -8,11 +8,13 @@ import warnings
 from dataclasses import dataclass
 
 from . import _paddle_compat as compat
+from .auto import AUTO_PRESETS, Decision, decide
 from .regularizers.base import TransferRegularizer
 from .rules import PRESETS, Rule, resolve_rule
 from .transferability import SourceFit
 
-__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer"]
+__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_fit_source",
+           "pulled_parameters"]
 
 #: an option the caller did not give (None is a value: ``max_reg_ratio=None``)
 UNSET = object()
@@ -21,26 +23,27 @@ UNSET = object()
 @dataclass(frozen=True)
 class ChosenRule:
     """The rule a DTNH runs, the preset name it reports (None for a Rule
-    object), and ``preset="auto"``'s test (None otherwise)."""
+    object), and ``preset="auto"``'s test and decision (None otherwise)."""
 
     rule: Rule
     preset: str | None
     source_fit: SourceFit | None
+    decision: Decision | None = None
 
 
 def _checked_fit(preset, fit):
     """The SourceFit of ``preset="auto"`` (None for every other preset)."""
-    if isinstance(preset, str) and preset == "auto":
+    if isinstance(preset, str) and preset in AUTO_PRESETS:
         if fit is None:
-            raise ValueError("preset='auto' chooses the rule from a source-fit test run before training: "
+            raise ValueError(f"preset={preset!r} chooses the rule from a source-fit test run before training: "
                              "pass fit=paddle_dtnh.source_fit(source, train_images, train_labels, head=...).")
         if not isinstance(fit, SourceFit):
             raise TypeError(f"fit must be the SourceFit that paddle_dtnh.source_fit returns, got "
                             f"{type(fit).__name__}.")
         return fit
     if fit is not None:
-        raise ValueError(f"fit= is only used by preset='auto' (this DTNH runs {preset!r}): drop fit= or "
-                         "pass preset='auto'.")
+        raise ValueError(f"fit= is only used by preset='auto' or 'auto_stages' (this DTNH runs {preset!r}): "
+                         "drop fit= or pass preset='auto'.")
     return None
 
 
@@ -56,7 +59,11 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
     what the object, the log and the checkpoint say."""
     source_fit = _checked_fit(preset, fit)
     given = {k: v for k, v in options.items() if v is not UNSET}
-    rule = resolve_rule(fit.rule if source_fit is not None else preset, **given)
+    decision = None if source_fit is None else decide(source_fit, stages=preset == "auto_stages")
+    if decision is None:
+        rule = resolve_rule(preset, **given)
+    else:  # with the pull off, no rule ever sees a gO: the paper's stands in
+        rule = resolve_rule("paper" if decision.preset == "off" else decision.preset, **given)
     name = preset if isinstance(preset, str) else None
     if not has_holdout and rule.reference == "holdout" and rule.fallback is not None:
         warnings.warn(
@@ -66,7 +73,25 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
             "data) for the rule itself; docs/rules.md says what each does.", UserWarning, stacklevel=3)
         rule = rule.fallback
         name = _preset_name(rule)
-    return ChosenRule(rule=rule, preset=name, source_fit=source_fit)
+    return ChosenRule(rule=rule, preset=name, source_fit=source_fit, decision=decision)
+
+
+def check_fit_source(fit: SourceFit, regularizer) -> None:
+    """``fit`` was measured on the source ``regularizer`` pulls toward, by the
+    digests of the weights both hold (ValueError naming the first that
+    differs); nothing to compare for a loss without a source."""
+    if regularizer is None or not fit.source_digests:
+        return
+    pulled_toward = regularizer.source_digests()
+    if not pulled_toward:
+        return
+    common = sorted(set(pulled_toward) & set(fit.source_digests))
+    differ = [n for n in common if pulled_toward[n] != fit.source_digests[n]]
+    if differ or not common:
+        what = f"{len(differ)} of {len(common)} shared weight tensors differ (first: {differ[0]!r})" if differ \
+            else "no weight tensor of the one has a name in the other"
+        raise ValueError(f"fit= was measured on another source than the one {type(regularizer).__name__} pulls "
+                         f"toward: {what}. Run paddle_dtnh.source_fit on the regularizer's source network.")
 
 
 def _coupled_weight_decay(optimizer):
@@ -122,3 +147,23 @@ def check_regularizer(regularizer, params) -> None:
             f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
             "parameters as the regularizer."
         )
+
+
+def pulled_parameters(decision: Decision | None, params, names, model):
+    """The ids of the parameters whose gO a decision keeps: None for all
+    (every preset but ``auto``'s "off" and ``auto_stages``), an empty set
+    for the pull off, else the parameters of the pulled stages and those of
+    no stage (the new head)."""
+    if decision is None or (decision.preset != "off" and decision.pulled_stages is None):
+        return None
+    if decision.preset == "off":
+        return frozenset()
+    from .models.architectures import architecture_of
+
+    arch = architecture_of(model) if model is not None else None
+    if arch is None or not arch.stage_parameters:
+        raise ValueError("preset='auto_stages' maps stages to parameters through a registered architecture "
+                         "(paddle_dtnh.models.architectures.register); pass model= (the network being trained) "
+                         "of one, or use preset='auto'.")
+    stages = set(decision.pulled_stages)
+    return frozenset(id(p) for p, n in zip(params, names) if arch.stage_of(n) in stages or arch.stage_of(n) is None)

@@ -50,14 +50,27 @@ class RegularizerGradient:
         regularizer (TransferRegularizer): the loss.
         data_parallel (bool): average ``paddle.grad`` gradients across the
             ranks (a closed form is the same on every rank: never averaged).
+        pulled (set, optional): ids of the parameters whose gO is kept
+            (``preset="auto"``'s decision); the others get None, and an empty
+            set takes no gradient at all (the pull off). Default: None (all).
     """
 
-    def __init__(self, regularizer, *, data_parallel: bool):
+    def __init__(self, regularizer, *, data_parallel: bool, pulled=None):
         self.regularizer = regularizer
         self.data_parallel = data_parallel
+        self.pulled = pulled
         self._path_checked = False  # a closed form's omega is checked for its path once
 
     def __call__(self, params: list, omega) -> list:
+        if self.pulled is None:
+            return self._all(params, omega)
+        if not self.pulled:  # the pull is off: omega is still checked, for the logs
+            if omega is not None:
+                check_omega(self.regularizer, omega)
+            return [None] * len(params)
+        return [g if id(p) in self.pulled else None for p, g in zip(params, self._all(params, omega))]
+
+    def _all(self, params: list, omega) -> list:
         reg = self.regularizer
         if reg.has_closed_form:
             if omega is not None:

@@ -40,7 +40,7 @@ from .projection import dtnh_direction
 from .references import make_reference
 from .regularizers.base import TransferRegularizer
 from ._checkpoint import DTNHCheckpoint
-from ._construction import UNSET, check_inner, check_regularizer, choose_rule
+from ._construction import UNSET, check_fit_source, check_inner, check_regularizer, choose_rule, pulled_parameters
 from .rules import REFERENCES, Rule
 
 __all__ = ["DTNH", "ACCUMULATIONS", "NONFINITE_POLICIES", "REFERENCES"]
@@ -210,6 +210,7 @@ class DTNH(compat.OptimizerFacade):
                        max_reg_ratio=max_reg_ratio, ema_decay=ema_decay, holdout_every=holdout_every)
         chosen = choose_rule(preset, options, fit=fit, has_holdout=holdout is not None)
         self.rule, self.preset, self.source_fit = chosen.rule, chosen.preset, chosen.source_fit
+        self.decision = chosen.decision
         check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         check_choice("accumulation", accumulation, ACCUMULATIONS)
         self.accumulation = accumulation
@@ -219,6 +220,8 @@ class DTNH(compat.OptimizerFacade):
         check_inner(optimizer)
         if regularizer is not None:
             check_regularizer(regularizer, params)
+        if self.source_fit is not None:
+            check_fit_source(self.source_fit, regularizer)
 
         self._inner = optimizer
         self._params = params
@@ -232,8 +235,9 @@ class DTNH(compat.OptimizerFacade):
         self._reference = make_reference(self.rule, holdout=holdout, model=self.model)
         self.on_nonfinite = on_nonfinite
         self.data_parallel = bool(data_parallel)
-        self._reg_gradient = None if regularizer is None else RegularizerGradient(regularizer,
-                                                                                  data_parallel=self.data_parallel)
+        pulled = pulled_parameters(self.decision, params, self._names, self.model)
+        self._reg_gradient = None if regularizer is None else RegularizerGradient(
+            regularizer, data_parallel=self.data_parallel, pulled=pulled)
         self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
         self._consecutive_skips = 0
         self.track_stats = track_stats

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,8 @@ import paddle
 
 from ._checks import check_positive, check_positive_int
 from ._layers import evaluating
-from .rules import PRESETS, Rule
 
-__all__ = ["SourceFit", "source_fit", "loo_ridge_accuracy", "loo_ridge_predictions", "logme", "random_reinit"]
+__all__ = ["SourceFit", "StageFit", "source_fit", "paired_se", "loo_ridge_accuracy", "loo_ridge_predictions", "logme", "random_reinit"]
 
 #: the ridge of the leave-one-out probe (on standardised features)
 DEFAULT_RIDGE = 1.0
@@ -255,6 +255,10 @@ def random_reinit(model: paddle.nn.Layer, seed: int = DEFAULT_SEED) -> paddle.nn
 def _batches(images, labels, batch_size):
     """(x, y) batches from Tensors/arrays, a paddle.io.Dataset, or a
     DataLoader (any iterable of (images, labels) batches)."""
+    if isinstance(images, (list, tuple)) and labels is not None and images and \
+            isinstance(images[0], (list, tuple)):
+        raise ValueError("images is a list of (images, labels) batches and labels= was given too: pass the "
+                         "batches alone (source_fit(source, batches, head=...)), or one image array with labels=.")
     is_array = isinstance(images, (paddle.Tensor, np.ndarray)) or (isinstance(images, list) and labels is not None)
     if not is_array and not isinstance(images, paddle.io.Dataset) and hasattr(images, "__iter__"):
         if labels is not None:
@@ -271,7 +275,7 @@ def _batches(images, labels, batch_size):
         return
     if labels is None:
         raise ValueError("labels are required with image Tensors (or pass a paddle.io.Dataset/DataLoader).")
-    x = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(np.asarray(images, dtype=np.float32))
+    x = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(np.asarray(images))
     y = labels.numpy() if isinstance(labels, paddle.Tensor) else np.asarray(labels)
     if x.shape[0] != len(y.reshape(-1)):
         raise ValueError(f"{x.shape[0]} images but {len(y.reshape(-1))} labels.")
@@ -289,41 +293,136 @@ def _pair(batch):
     return x, y.reshape(-1)
 
 
+def _checked_images(xs) -> list:
+    """The batches as float32 Tensors; ValueError naming the first image with
+    a NaN/Inf pixel; a warning where they look like raw 0-255 pixels."""
+    checked, seen, integer, low, high = [], 0, False, math.inf, -math.inf
+    for x in xs:
+        x = x if isinstance(x, paddle.Tensor) else paddle.to_tensor(np.asarray(x))
+        integer = integer or not paddle.is_floating_point(x)
+        x = x.astype("float32") if x.dtype != paddle.float32 else x
+        values = x.reshape([x.shape[0], -1]).numpy()  # a test before training: host copies are fine here
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            raise ValueError(f"Image {seen + int(bad[0])} (0-based, in the order given) has NaN or Inf pixels "
+                             f"({bad.size} such image(s) in its batch): the source-fit test cannot score them. "
+                             "Fix or drop those images.")
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+        seen += x.shape[0]
+        checked.append(x)
+    if integer or (low >= 0 and high > 1.5):
+        warnings.warn(
+            f"The source-fit test saw {'integer images' if integer else 'images'} with values in "
+            f"[{low:g}, {high:g}]: raw 0-255 pixels? The networks were trained on normalised inputs, and raw "
+            "pixels can change the decision. Pass the images exactly as training feeds them (float32, scaled "
+            "and normalised, e.g. paddle_dtnh.data.to_tensor_batch); ignore this if your model normalises its "
+            "input itself.", UserWarning, stacklevel=3)
+    return checked
+
+
 @paddle.no_grad()
-def _head_inputs(network, head: str, batches) -> np.ndarray:
-    """The input of sublayer ``head`` for every image, flattened, in float64."""
+def _features(network, head_layer: str, stage_layers, batches) -> tuple:
+    """The input of sublayer ``head_layer`` for every image, flattened, and the
+    globally average-pooled output of each of ``stage_layers``, in float64."""
     layers = dict(network.named_sublayers())
-    if head not in layers:
-        raise ValueError(f"No sublayer named {head!r} in {type(network).__name__}; its head is one of "
+    if head_layer not in layers:
+        raise ValueError(f"No sublayer named {head_layer!r} in {type(network).__name__}; its head is one of "
                          f"{list(layers)[-8:]} (the regularizers' head= convention).")
-    captured = []
-    handle = layers[head].register_forward_pre_hook(
-        lambda layer, inputs: captured.append(inputs[0].astype("float32").reshape([inputs[0].shape[0], -1])))
+    captured = {"head": [], **{name: [] for name in stage_layers}}
+    handles = [layers[head_layer].register_forward_pre_hook(
+        lambda layer, inputs: captured["head"].append(inputs[0].astype("float32").reshape([inputs[0].shape[0], -1])))]
     try:
+        for name in stage_layers:
+            handles.append(layers[name].register_forward_post_hook(
+                lambda layer, inputs, output, name=name: captured[name].append(
+                    output.astype("float32").mean(axis=[2, 3]) if output.ndim == 4 else output.astype("float32"))))
         with evaluating(network):
             for x in batches:
                 network(x)
     finally:
-        handle.remove()
-    if not captured:
+        for handle in handles:
+            handle.remove()
+    if not captured["head"]:
         raise ValueError("No images to score: the dataset is empty.")
-    return paddle.concat(captured).numpy().astype(np.float64)
+    as_array = lambda parts: paddle.concat(parts).numpy().astype(np.float64)  # noqa: E731
+    return as_array(captured["head"]), {name: as_array(captured[name]) for name in stage_layers}
 
 
 # -- the test ------------------------------------------------------------------------
+def paired_se(source_only: int, random_only: int, num_images: int) -> float:
+    r"""Standard error of a paired difference of two accuracies on the same
+    ``num_images`` images, from the discordant ones: ``source_only`` right
+    for the source only, ``random_only`` for the random network only.
+    :math:`\sqrt{b + c - (b - c)^2 / n} / n` (McNemar's paired difference of
+    proportions).
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.transferability import paired_se
+            >>> round(paired_se(12, 8, 100), 4)
+            0.0443
+    """
+    b, c, n = int(source_only), int(random_only), int(num_images)
+    return math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n if n else 0.0
+
+
+def _compared(source_correct, random_correct) -> tuple:
+    """(source accuracy, random accuracy, right for the source only, right for the random only)."""
+    return (float(source_correct.mean()), float(random_correct.mean()),
+            int((source_correct & ~random_correct).sum()), int((random_correct & ~source_correct).sum()))
+
+
+@dataclass(frozen=True)
+class StageFit:
+    """The leave-one-out probe on one stage's pooled features: source against random.
+
+    Attributes:
+        name (str): the stage's feature layer (``"layer1"`` ... for ResNet-18).
+        source_score (float), random_score (float): leave-one-out ridge accuracies.
+        source_only (int), random_only (int): images right for one network only.
+        num_images (int), num_features (int): the pooled feature matrix's size.
+    """
+
+    name: str
+    source_score: float
+    random_score: float
+    source_only: int
+    random_only: int
+    num_images: int
+    num_features: int
+
+    @property
+    def advantage(self) -> float:
+        return self.source_score - self.random_score
+
+    @property
+    def advantage_se(self) -> float:
+        return paired_se(self.source_only, self.random_only, self.num_images)
+
+
 @dataclass(frozen=True)
 class SourceFit:
-    """What :func:`source_fit` measured and the rule it chose.
+    """What :func:`source_fit` measured: the measurement, not the policy
+    (:func:`paddle_dtnh.auto.decide` maps it to what DTNH runs).
 
     Attributes:
         source_score (float): leave-one-out ridge accuracy of the source's features.
         random_score (float): the same for the randomly initialised network.
         advantage (float): ``source_score - random_score``.
-        fits (bool): ``advantage > 0``.
-        source_logme (float): LogME of the source's features.
-        random_logme (float): LogME of the random network's features.
+        advantage_se (float): its paired standard error (:func:`paired_se`).
+        source_logme (float), random_logme (float): LogME of both networks' features.
+        logme_advantage (float): ``source_logme - random_logme``.
         num_images (int), num_features (int): the size of the feature matrix.
         ridge (float), seed (int): the probe's ridge and the random network's seed.
+        source_only (int), random_only (int): images whose left-out prediction
+            is right for the source only, for the random network only.
+        head (tuple): the head prefixes the test was given.
+        source_digests (dict): ``name -> digest`` of the source's weights
+            (:func:`paddle_dtnh.regularizers.base.weight_digests`): which source was measured.
+        stages (tuple of StageFit): the same probe on each stage's pooled
+            output (registered architectures; empty otherwise).
     """
 
     source_score: float
@@ -334,73 +433,104 @@ class SourceFit:
     num_features: int
     ridge: float = DEFAULT_RIDGE
     seed: int = DEFAULT_SEED
+    source_only: int | None = None
+    random_only: int | None = None
+    head: tuple = ()
+    source_digests: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    stages: tuple = ()
 
     @property
     def advantage(self) -> float:
         return self.source_score - self.random_score
 
     @property
+    def advantage_se(self) -> float | None:
+        """None for a report saved before 0.5 (no per-image record)."""
+        if self.source_only is None or self.random_only is None:
+            return None
+        return paired_se(self.source_only, self.random_only, self.num_images)
+
+    @property
     def logme_advantage(self) -> float:
         return self.source_logme - self.random_logme
 
     @property
+    def decision(self):
+        """What ``preset="auto"`` runs on this report (:func:`paddle_dtnh.auto.decide`)."""
+        from .auto import decide  # the policy lives with the rules, not in the measurement
+
+        return decide(self)
+
+    @property
     def fits(self) -> bool:
-        return self.advantage > 0
+        return self.decision.outcome == "fits"
 
     @property
     def preset(self) -> str:
-        """The preset chosen: ``"paper"`` where the source fits, else ``"never_hurt"``."""
-        return "paper" if self.fits else "never_hurt"
-
-    @property
-    def rule(self) -> Rule:
-        return PRESETS[self.preset]
+        """What ``preset="auto"`` runs: ``"paper"``, ``"never_hurt"`` or ``"off"``."""
+        return self.decision.preset
 
     def as_dict(self) -> dict:
-        """The measurements and the decision, as plain values (state dicts, logs)."""
-        return {**dataclasses.asdict(self), "advantage": self.advantage, "fits": self.fits,
-                "preset": self.preset}
+        """The measurements and the decision, as plain values (state dicts, logs, JSON)."""
+        values = dataclasses.asdict(self)
+        values["head"] = list(self.head)
+        values["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        decision = self.decision
+        return {**values, "advantage": self.advantage, "advantage_se": self.advantage_se,
+                "logme_advantage": self.logme_advantage, "outcome": decision.outcome, "fits": self.fits,
+                "preset": decision.preset}
 
     @classmethod
     def from_dict(cls, values: dict) -> SourceFit:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        kept = {k: v for k, v in values.items() if k in names}
+        kept["head"] = tuple(kept.get("head", ()))
+        kept["stages"] = tuple(StageFit(**s) for s in kept.get("stages", ()))
+        kept["source_digests"] = dict(kept.get("source_digests", {}))
+        return cls(**kept)
 
     def summary(self) -> str:
-        """One line: both scores, the decision and the rule."""
-        verdict = "fits" if self.fits else "does not fit"
+        """One line: the scores, the standard error, the outcome and why."""
+        se = "n/a" if self.advantage_se is None else f"{self.advantage_se:.3f}"
+        decision = self.decision
         return (f"source fit: LOO ridge accuracy {self.source_score:.3f} (source) vs {self.random_score:.3f} "
-                f"(random), advantage {self.advantage:+.3f}; LogME {self.source_logme:.3f} vs "
-                f"{self.random_logme:.3f}; the source {verdict} -> preset {self.preset!r} "
+                f"(random), advantage {self.advantage:+.3f} (SE {se}); LogME advantage "
+                f"{self.logme_advantage:+.3f}; {decision.reason} -> preset {decision.preset!r} "
                 f"({self.num_images} images, {self.num_features} features)")
 
     __str__ = summary
 
 
-def source_fit(source: paddle.nn.Layer, images, labels=None, *, head: str, batch_size: int = 64,
+def source_fit(source: paddle.nn.Layer, images, labels=None, *, head, batch_size: int = 64,
                ridge: float = DEFAULT_RIDGE, seed: int = DEFAULT_SEED) -> SourceFit:
     """Test, before training, whether ``source``'s features fit the target.
 
     One forward pass of the training images through the source and through
     a random re-initialisation of it (:func:`random_reinit`), in eval mode
-    without gradients; the input of the head (``head``, as the regularizers
-    name it) is scored by :func:`loo_ridge_accuracy` and :func:`logme`.
-    Nothing is trained and ``source`` is left as it was.
+    without gradients; the input of the head is scored by
+    :func:`loo_ridge_accuracy` (with each image's left-out correctness, for
+    the paired standard error of the advantage) and :func:`logme`; for a
+    registered architecture each stage's pooled output is scored too (the
+    per-stage test of ``preset="auto_stages"``). Nothing is trained and
+    ``source`` is left as it was (every sublayer's mode included).
 
     Args:
         source (paddle.nn.Layer): the source network (e.g. the ImageNet model).
         images (Tensor|ndarray|paddle.io.Dataset|paddle.io.DataLoader): the
-            target's training images, or a dataset of (image, label) items,
-            or a loader (any iterable) of (images, labels) batches.
+            target's training images, as training feeds them (float32,
+            normalised), or a dataset of (image, label) items, or a loader
+            (any iterable) of (images, labels) batches.
         labels (Tensor|ndarray, optional): class labels, with image tensors only.
-        head (str): name of the source's classifier sublayer (``"fc"`` for
-            paddle.vision's ResNet, ``"out"`` for the PaddleHub ResNet-18).
+        head (str|list[str]): the source's classifier, as the regularizers
+            take it (``"fc"`` or ``["fc"]`` for paddle.vision's ResNet,
+            ``"out"`` for the PaddleHub ResNet-18); one layer.
         batch_size (int, optional): images per forward pass. Default: 64.
         ridge (float, optional): the probe's ridge. Default: 1.0.
         seed (int, optional): the random network's seed. Default: 0.
 
     Returns:
-        SourceFit: both networks' scores and the rule to train with.
+        SourceFit: both networks' scores; ``report.decision`` is what
+        ``DTNH(preset="auto", fit=report)`` runs.
 
     Examples:
         .. code-block:: python
@@ -412,21 +542,45 @@ def source_fit(source: paddle.nn.Layer, images, labels=None, *, head: str, batch
             >>> x = paddle.randn([20, 2])
             >>> y = (x[:, 0] > 0).astype("int64")
             >>> report = source_fit(net, x, y, head="2")
-            >>> report.num_images, report.num_features, report.preset in ("paper", "never_hurt")
+            >>> report.num_images, report.num_features, report.preset in ("paper", "never_hurt", "off")
             (20, 8, True)
     """
+    from .models.architectures import architecture_of
+    from .regularizers.base import check_head, weight_digests
+
     if not isinstance(source, paddle.nn.Layer):
         raise TypeError(f"source must be a paddle.nn.Layer, got {type(source).__name__}.")
+    heads = check_head(source, head)
+    layers = dict(source.named_sublayers())
+    head_layers = [h for h in heads if h in layers]
+    if len(head_layers) != 1:
+        raise ValueError(f"source_fit scores the input of one classifier layer; head={heads!r} names "
+                         f"{len(head_layers)} sublayer(s) of {type(source).__name__} ({head_layers}). Give the "
+                         "classifier's name, e.g. head='fc'.")
     check_positive_int("batch_size", batch_size)
     images_and_labels = list(_batches(images, labels, batch_size))
     y = np.concatenate([b[1] for b in images_and_labels]) if images_and_labels else np.zeros(0)
-    xs = [b[0] if isinstance(b[0], paddle.Tensor) else paddle.to_tensor(np.asarray(b[0]))
-          for b in images_and_labels]
-    scores = {}
+    xs = _checked_images(b[0] for b in images_and_labels)
+    arch = architecture_of(source)
+    stage_layers = [name for name in (arch.feature_layers if arch is not None else ()) if name in layers]
+    measured = {}
     for name, network in (("source", source), ("random", random_reinit(source, seed))):
-        features = _head_inputs(network, head, xs)
-        scores[name] = (loo_ridge_accuracy(features, y, ridge), logme(features, y), features.shape)
-    (n, d) = scores["source"][2]
-    return SourceFit(source_score=scores["source"][0], random_score=scores["random"][0],
-                     source_logme=scores["source"][1], random_logme=scores["random"][1],
-                     num_images=int(n), num_features=int(d), ridge=float(ridge), seed=int(seed))
+        features, stage_features = _features(network, head_layers[0], stage_layers, xs)
+        measured[name] = (_correct(features, y, ridge), logme(features, y), features.shape,
+                          {s: _correct(f, y, ridge) for s, f in stage_features.items()},
+                          {s: f.shape[1] for s, f in stage_features.items()})
+    (n, d) = measured["source"][2]
+    source_score, random_score, b, c = _compared(measured["source"][0], measured["random"][0])
+    stages = tuple(StageFit(s, *_compared(measured["source"][3][s], measured["random"][3][s]), int(n),
+                            int(measured["source"][4][s])) for s in stage_layers)
+    return SourceFit(source_score=source_score, random_score=random_score,
+                     source_logme=measured["source"][1], random_logme=measured["random"][1],
+                     num_images=int(n), num_features=int(d), ridge=float(ridge), seed=int(seed),
+                     source_only=b, random_only=c, head=tuple(heads),
+                     source_digests=weight_digests(source.named_parameters(), heads), stages=stages)
+
+
+def _correct(features, labels, ridge) -> np.ndarray:
+    """Whether each image's left-out prediction of the ridge probe is its label."""
+    classes, left_out, y = loo_ridge_predictions(features, labels, ridge)
+    return classes[left_out.argmax(axis=1)] == y

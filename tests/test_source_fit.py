@@ -133,16 +133,17 @@ def test_source_that_sees_the_classes_fits_and_chooses_the_paper_rule():
     x, y = _labelled_images()
     report = source_fit(_Picker([0, 1]), x, y, head="fc")
     assert report.source_score >= 0.85 > 0.5 > report.random_score
-    assert report.fits and report.rule == PRESETS["paper"] and report.preset == "paper"
+    assert report.fits and report.preset == "paper" and report.decision.outcome == "fits"
+    assert report.advantage_se > 0 and report.source_only > report.random_only
     assert report.source_logme > report.random_logme
     assert (report.num_images, report.num_features) == (60, 2)
 
 
-def test_source_blind_to_the_classes_does_not_fit_and_chooses_never_hurt():
+def test_source_blind_to_the_classes_does_not_fit_and_turns_the_pull_off():
     x, y = _labelled_images()
     report = source_fit(_Picker([7, 9]), x, y, head="fc")  # two noise coordinates
     assert report.advantage < 0 and not report.fits
-    assert report.rule == PRESETS["never_hurt"]
+    assert report.decision.outcome == "does_not_fit" and report.preset == "off"
 
 
 def test_source_fit_reads_datasets_and_loaders_as_tensors():
@@ -173,7 +174,7 @@ def test_source_fit_leaves_the_source_untouched():
 def test_source_fit_input_errors():
     x, y = _labelled_images()
     net = _Picker([0, 1])
-    with pytest.raises(ValueError, match="No sublayer named 'head'"):
+    with pytest.raises(ValueError, match=r"head prefix\(es\) \['head'\] match no parameter"):
         source_fit(net, x, y, head="head")
     with pytest.raises(ValueError, match="labels are required"):
         source_fit(net, x, head="fc")
@@ -206,9 +207,15 @@ def test_random_reinit_is_seeded_and_resets_every_role():
 
 
 # -- preset="auto" -----------------------------------------------------------------------
-def _fit(fits: bool) -> SourceFit:
-    return SourceFit(source_score=0.8 if fits else 0.5, random_score=0.6, source_logme=-0.5,
-                     random_logme=-0.7, num_images=20, num_features=8)
+#: outcome -> (source accuracy, right for the source only, right for the random only) on 20 images
+_OUTCOMES = {True: (0.8, 5, 1), "fits": (0.8, 5, 1), "uncertain": (0.65, 3, 2), False: (0.5, 1, 3),
+             "does_not_fit": (0.5, 1, 3)}
+
+
+def _fit(outcome) -> SourceFit:
+    score, b, c = _OUTCOMES[outcome]
+    return SourceFit(source_score=score, random_score=0.6, source_logme=-0.5,
+                     random_logme=-0.7, num_images=20, num_features=8, source_only=b, random_only=c)
 
 
 def _setup(seed=0):
@@ -233,7 +240,7 @@ def _run(preset, fit=None, steps=3):
     return opt, model
 
 
-@pytest.mark.parametrize("fits, chosen", [(True, "paper"), (False, "never_hurt")])
+@pytest.mark.parametrize("fits, chosen", [("fits", "paper"), ("uncertain", "never_hurt")])
 def test_auto_runs_the_chosen_preset_bit_equal(fits, chosen, capsys):
     opt, model = _run("auto", _fit(fits))
     _, expected = _run(chosen)
@@ -242,6 +249,22 @@ def test_auto_runs_the_chosen_preset_bit_equal(fits, chosen, capsys):
         assert np.array_equal(p.numpy(), q.numpy())
     line = capsys.readouterr().out
     assert "source fit" in line and f"-> preset {chosen!r}" in line and "0.600" in line
+
+
+def test_auto_without_a_fit_turns_the_pull_off_bit_equal_to_fine_tuning(capsys):
+    opt, model = _run("auto", _fit("does_not_fit"))
+    assert opt.decision.preset == "off" and opt.decision.outcome == "does_not_fit"
+    plain, _ = _setup()
+    inner = paddle.optimizer.Momentum(0.1, parameters=plain.parameters())
+    fine_tuning = DTNH(inner, None, lam=0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = paddle.to_tensor(rng.standard_normal((8, 4)).astype(np.float32))
+        y = paddle.to_tensor(rng.integers(0, 3, 8))
+        fine_tuning.update(F.cross_entropy(plain(x), y))
+    for p, q in zip(model.parameters(), plain.parameters()):
+        assert np.array_equal(p.numpy(), q.numpy())
+    assert "-> preset 'off'" in capsys.readouterr().out
 
 
 def test_auto_needs_a_fit_and_a_fit_needs_auto():

@@ -43,6 +43,10 @@ class Architecture:
         marker_keys (tuple): state-dict keys that identify its weights.
         head_weight_keys (tuple): where a weights file may keep the head's
             ``[features, classes]`` weight (default: ``<head>.weight``).
+        stage_parameters (tuple): for each of ``feature_layers``, the
+            top-level name prefixes of the parameters that compute it and
+            not the one before (the stem goes with the first stage): what a
+            per-stage pull (``preset="auto_stages"``) turns on or off.
         loader (callable, optional): ``(network, state dict) -> report``,
             for files whose keys or layouts need translating; default: every
             tensor by its structured name, all required.
@@ -58,6 +62,16 @@ class Architecture:
     marker_keys: tuple
     head_weight_keys: tuple = ()
     loader: Callable | None = None
+    stage_parameters: tuple = ()
+
+    def stage_of(self, name: str) -> str | None:
+        """The feature layer (stage) whose pull covers parameter ``name``
+        (None: the head, or a name of no stage)."""
+        top = name.split(".")[0]
+        for layer, prefixes in zip(self.feature_layers, self.stage_parameters):
+            if top in prefixes:
+                return layer
+        return None
 
     def num_classes(self, state: Mapping) -> int | None:
         """Classes of the head stored in ``state`` (None if absent)."""
@@ -112,6 +126,7 @@ register(Architecture(
     build=lambda num_classes: paddle.vision.models.resnet18(num_classes=num_classes),
     head="fc", feature_layers=("layer1", "layer2", "layer3", "layer4"), stages=_resnet_stages,
     marker_keys=("conv1.weight", "layer1.0.conv1.weight"),
+    stage_parameters=(("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",)),
 ))
 register(Architecture(
     name="resnet18_vd", description="ResNet-18-vd (PaddleHub)", layer_class=ResNet18VD,
@@ -120,6 +135,8 @@ register(Architecture(
     marker_keys=("conv1_1._conv.weight",),
     # PaddleHub's file: structured or legacy ("fc_0.w_0") names, two layouts
     head_weight_keys=("out.weight", "fc_0.w_0"), loader=load_resnet18_vd_weights,
+    stage_parameters=(("conv1_1", "conv1_2", "conv1_3", "bb_0_0", "bb_0_1"), ("bb_1_0", "bb_1_1"),
+                      ("bb_2_0", "bb_2_1"), ("bb_3_0", "bb_3_1")),
 ))
 
 

@@ -3,6 +3,7 @@ matching a target network's parameters against the source network's."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ __all__ = [
     "ParamMatch",
     "match_source",
     "check_source",
+    "check_head",
+    "weight_digests",
 ]
 
 
@@ -78,6 +81,12 @@ class TransferRegularizer(paddle.nn.Layer):
         """Forward the model on ``x``; return ``(output, omega)``."""
         return self._model(x), self()
 
+    def source_digests(self) -> dict:
+        """``name -> digest`` of the source weights this loss pulls toward
+        (:func:`weight_digests`; empty for a loss without a source): what a
+        :class:`paddle_dtnh.SourceFit` is checked against."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"regularized={len(self.regularized_parameters())}"
 
@@ -102,6 +111,45 @@ class ParamMatch:
 
     shared: list
     new: list
+
+
+def weight_digests(named, head: Sequence[str] = ()) -> dict:
+    """``name -> SHA-1`` (16 hex digits) of every tensor of 2 or more
+    dimensions (conv and linear weights) outside ``head``, taken on its
+    float32 values: what identifies a source network's weights, whatever
+    dtype or place a loss keeps them in. ``named`` is ``(name, tensor or
+    array)`` pairs. One host copy per tensor: for construction-time checks,
+    never a training step."""
+    head = [head] if isinstance(head, str) else list(head)
+    digests = {}
+    for name, value in named:
+        if value is None or len(_shape(value)) < 2 or _in_head(name, head):
+            continue
+        array = np.ascontiguousarray(as_array(value), dtype=np.float32)
+        digests[name] = hashlib.sha1(array.tobytes()).hexdigest()[:16]
+    return digests
+
+
+def check_head(model: paddle.nn.Layer, head) -> list:
+    """``head`` (a name prefix or a list of them) as a list, each prefix
+    matching some parameter of ``model``; ValueError naming the classifier
+    otherwise (the regularizers' and the source-fit test's one check)."""
+    if isinstance(head, str):
+        head = [head]
+    elif isinstance(head, (list, tuple)) and all(isinstance(h, str) for h in head):
+        head = list(head)
+    else:
+        raise TypeError(f"head must be a name prefix or a list of them (e.g. 'fc' or ['fc']), got {head!r}.")
+    all_names = [n for n, _ in model.named_parameters()]
+    unknown_head = [h for h in head if not any(_in_head(n, [h]) for n in all_names)]
+    if unknown_head:
+        from ..models.architectures import head_of
+
+        raise ValueError(
+            f"head prefix(es) {unknown_head} match no parameter of the model (its classifier: "
+            f"{head_of(model)!r}). Parameter names start with: {sorted({n.split('.')[0] for n in all_names})}"
+        )
+    return head
 
 
 def _format_names(title: str, names: list, limit: int = 12) -> str:
@@ -148,17 +196,8 @@ def match_source(
             >>> [n for n, _, _ in m.shared], [n for n, _ in m.new]
             (['0.weight', '0.bias'], ['1.weight', '1.bias'])
     """
-    head = [head] if isinstance(head, str) else list(head)
+    head = check_head(model, head)
     trainable = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-    all_names = [n for n, _ in model.named_parameters()]
-    unknown_head = [h for h in head if not any(_in_head(n, [h]) for n in all_names)]
-    if unknown_head:
-        from ..models.architectures import head_of
-
-        raise ValueError(
-            f"head prefix(es) {unknown_head} match no parameter of the model (its classifier: "
-            f"{head_of(model)!r}). Parameter names start with: {sorted({n.split('.')[0] for n in all_names})}"
-        )
 
     if source is None:
         return ParamMatch(

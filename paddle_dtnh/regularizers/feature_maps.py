@@ -19,7 +19,8 @@ import paddle
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
 from ..io.files import read_state_dict
-from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
+from .base import (SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source,
+                   weight_digests)
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
 
@@ -97,6 +98,7 @@ class FeatureMapRegularizer(TransferRegularizer):
                                  if n in frozen and frozen[n].shape == p.shape])
         self._trainable = [p for _, p, _ in match.shared] + [p for _, p in match.new]
         self._head = [p for _, p in match.new]
+        self._head_names = [n for n, _ in match.new]
 
     @property
     def source(self) -> paddle.nn.Layer:
@@ -116,6 +118,10 @@ class FeatureMapRegularizer(TransferRegularizer):
 
     def regularized_parameters(self) -> list:
         return list(self._trainable)
+
+    def source_digests(self) -> dict:
+        head = sorted({n.split(".")[0] for n in self._head_names})
+        return weight_digests(self._source.named_parameters(), head)
 
     def capture(self) -> FeatureCapture:
         """A :class:`FeatureCapture` on the target for this regularizer's layers."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import paddle
 
 from .._checks import as_array, check_nonnegative, check_positive
-from .base import SourceMismatchError, TransferRegularizer, match_source
+from .base import SourceMismatchError, TransferRegularizer, match_source, weight_digests
 
 __all__ = ["WeightRegularizer", "L2", "L2SP", "L1SP", "GroupLassoSP", "L2SPFisher"]
 
@@ -82,6 +82,9 @@ class WeightRegularizer(TransferRegularizer):
 
     def regularized_parameters(self) -> list:
         return [p for _, p, _ in self._shared] + [p for _, p in self._new]
+
+    def source_digests(self) -> dict:
+        return weight_digests((n, r) for n, _, r in self._shared)
 
     def regularized_names(self) -> list:
         """Names of :meth:`regularized_parameters`, in the same order."""
