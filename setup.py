@@ -27,6 +27,7 @@ setup(
     # the PaddleHub module directory is data, loaded by hub.Module(directory=)
     package_data={"paddle_dtnh.integrations.hub": ["resnet18_vd_dtnh/*.py"]},
     python_requires=">=3.9",
+    entry_points={"console_scripts": ["paddle-dtnh = paddle_dtnh.cli:main"]},
     install_requires=["numpy"],
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],

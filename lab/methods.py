@@ -9,9 +9,11 @@ source-fit test chooses for the run's training images.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from paddle_dtnh import PRESETS, Rule
+from paddle_dtnh.auto import AUTO_PRESETS, DEFAULT_POLICY
 from paddle_dtnh.models.architectures import head_of
 from paddle_dtnh.regularizers import DELTA, L2, L2SP, KnowDist
 
@@ -56,9 +58,14 @@ class MethodSpec:
         return self.rule_name is not None
 
     @property
+    def is_auto(self) -> bool:
+        """Whether a source-fit test chooses the rule (``auto``, ``auto_stages``)."""
+        return self.rule_name in AUTO_PRESETS
+
+    @property
     def rule(self) -> Rule:
         """The rule (for ``auto``: the paper's, until the run's test chooses)."""
-        if self.rule_name == "auto":
+        if self.is_auto:
             return PRESETS["paper"]
         return CANDIDATES[self.rule_name] if self.project else PRESETS["vanilla"]
 
@@ -66,9 +73,10 @@ class MethodSpec:
     def resolved_options(self) -> dict:
         """What a stored run is keyed by: the rule spelled out, so redefining
         a preset never reuses its stale runs."""
-        if self.rule_name == "auto":
-            return {"preset": "auto", "fits": "loo_ridge advantage > 0", "then": PRESETS["paper"].as_dict(),
-                    "else": PRESETS["never_hurt"].as_dict()}
+        if self.is_auto:  # the policy spelled out: a changed threshold never reuses stale runs
+            return {"preset": self.rule_name, "policy": dataclasses.asdict(DEFAULT_POLICY),
+                    "paper": PRESETS["paper"].as_dict(), "never_hurt": PRESETS["never_hurt"].as_dict(),
+                    "off": "the fine-tuning run"}
         return self.rule.as_dict()
 
 
@@ -90,10 +98,10 @@ def method_spec(name: str) -> MethodSpec:
     project = base.startswith("dtnh_")
     reg = base[len("dtnh_"):] if project else base
     valid_reg = reg in REGULARIZERS and reg != "l2"
-    if not valid_reg or (rule and not project) or (rule and rule not in CANDIDATES and rule != "auto"):
+    if not valid_reg or (rule and not project) or (rule and rule not in CANDIDATES and rule not in AUTO_PRESETS):
         raise ValueError(
             f"Unknown method {name!r}; expected finetune, <reg> or dtnh_<reg>[@<rule>] with <reg> "
-            f"in {[r for r in REGULARIZERS if r != 'l2']} and <rule> in {list(CANDIDATES) + ['auto']}."
+            f"in {[r for r in REGULARIZERS if r != 'l2']} and <rule> in {list(CANDIDATES) + list(AUTO_PRESETS)}."
         )
     if not project:
         return MethodSpec(reg, None, REGULARIZERS[reg])

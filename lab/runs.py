@@ -17,6 +17,7 @@ import paddle.nn.functional as F
 
 from paddle_dtnh import DTNH
 from paddle_dtnh.attention import compute_attention
+from paddle_dtnh.auto import decide
 from paddle_dtnh.data import ImageSet, few_shot_indices, to_tensor_batch
 from paddle_dtnh.diagnostics import DIAGNOSTIC_KEYS, LoggerGroup, StepLogger
 from paddle_dtnh.distributed import rank, world_size
@@ -196,7 +197,12 @@ def run_transfer(
     # Paddle's random state is drawn from in this order: source, head, regularizer
     source = load_source(source_path, cfg.arch)
     # auto never holds images out: its test sees exactly the training images; it draws nothing
-    fit = _fit_on(source, x_train, y_train, cfg) if spec.rule_name == "auto" else None
+    fit = _fit_on(source, x_train, y_train, cfg) if spec.is_auto else None
+    decision = None if fit is None else decide(fit, stages=spec.rule_name == "auto_stages")
+    if decision is not None and decision.preset == "off":
+        # the pull off is this harness's fine-tuning recipe, so the run is the fine-tuning run bit for bit
+        # (a user's DTNH runs their inner optimizer with its own weight decay)
+        spec = method_spec("finetune")
     model = target_from(source, target.num_classes)
     reg = _regularizer(spec, model, source, x_train, y_train, target, cfg, progress)
     schedule = paddle.optimizer.lr.PiecewiseDecay(
@@ -205,13 +211,13 @@ def run_transfer(
     recorder, vdl = _loggers(cfg, log_dir if me == 0 else None, f"{method}/seed{seed}")
     loggers = LoggerGroup([recorder, vdl])
     held = _HeldOut.of(cfg, target, train_idx, held_idx, x_train, y_train, seed) if needs_holdout else None
-    rule = fit.rule if fit is not None else spec.rule
+    rule = spec.rule
     if held is not None and cfg.holdout_every is not None:
         rule = rule.replace(holdout_every=cfg.holdout_every)
     opt = DTNH(inner, reg, lam=cfg.lam[spec.regularizer], lam_decay=cfg.lam_decay,
                steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size), logger=loggers,
                holdout=None if held is None else held.loss_of(model),
-               **(dict(preset="auto", fit=fit) if fit is not None else dict(preset=rule)))
+               **(dict(preset=spec.rule_name, fit=fit, model=model) if spec.is_auto else dict(preset=rule)))
     curve = _Curve(model, (x_train, y_train), target, cfg, loggers)
 
     order, first = [], 1
@@ -260,6 +266,9 @@ def run_transfer(
         "skipped_steps": opt.skipped_steps,
         "distance_to_source": source_distance(model, source),
         "source_fit": None if fit is None else fit.as_dict(),
+        "decision": None if decision is None else {"outcome": decision.outcome, "preset": decision.preset,
+                                                   "pulled_stages": decision.pulled_stages,
+                                                   "reason": decision.reason},
         "curve": values,
         "diagnostics": {"step": recorder.steps, **recorder.values},
         "seconds": time.time() - start,

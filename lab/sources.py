@@ -28,7 +28,7 @@ from paddle_dtnh.io import files
 from paddle_dtnh.io.checkpoint import load_checkpoint, save_checkpoint
 from paddle_dtnh.models.architectures import ARCHITECTURES
 
-__all__ = ["pretrain_source", "evaluate", "augment", "progress_bar"]
+__all__ = ["pretrain_source", "pretraining_images", "evaluate", "augment", "progress_bar"]
 
 
 def _config_key(blob: dict) -> str:
@@ -89,6 +89,20 @@ def pretrain_source(
     return path
 
 
+def pretraining_indices(num_train: int, max_images: int, rng) -> np.ndarray:
+    """The positions in a set's training split a source is pretrained on (the
+    first draw of ``rng``): the one definition the pretraining and the
+    leakage test share."""
+    return rng.permutation(num_train)[:max_images]
+
+
+def pretraining_images(dataset: str, *, max_images: int, seed: int = 0, data_root: str | None = None):
+    """The training :class:`~paddle_dtnh.data.Split` a source of these
+    settings is pretrained on (its images, labels and origins)."""
+    data = load_dataset(dataset, root=data_root)
+    return data.train.take(pretraining_indices(len(data.train.labels), max_images, np.random.default_rng(seed)))
+
+
 def _wait_for(path, timeout=6 * 3600, poll=1.0):
     """Wait until rank 0 has written ``path``: polled on the file system, not
     a collective barrier, whose timeout (about 30 s under gloo) a
@@ -109,7 +123,7 @@ def _pretrain(path, settings, data_root, progress, checkpoint_every=100):
     os.makedirs(cache_dir, exist_ok=True)
     data = load_dataset(dataset, root=data_root)
     rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(data.train.labels))[:max_images]
+    idx = pretraining_indices(len(data.train.labels), max_images, rng)
     x_all = to_tensor_batch(data.train.images[idx], image_size)
     y_all = paddle.to_tensor(data.train.labels[idx])
     paddle.seed(seed)

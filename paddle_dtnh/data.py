@@ -22,7 +22,7 @@ import numpy as np
 
 from ._checks import check_positive_int
 
-__all__ = ["DATASETS", "ImageSet", "Split", "load_dataset", "few_shot_indices", "to_tensor_batch"]
+__all__ = ["DATASETS", "ImageSet", "Split", "load_dataset", "few_shot_indices", "to_tensor_batch", "read_image_folder"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -31,6 +31,14 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 class Split:
     images: np.ndarray  # uint8, (N, H, W) or (N, H, W, 3)
     labels: np.ndarray  # int64, (N,)
+    #: where each image comes from ("mnist5k:17": image 17 of the files as
+    #: shipped), kept through splits, subsets, inversions and partitions, so
+    #: that a source's pretraining images can be shown to be no target's
+    origin: np.ndarray | None = None
+
+    def take(self, index) -> Split:
+        """The images at ``index`` (an index array or mask), origins kept."""
+        return Split(self.images[index], self.labels[index], None if self.origin is None else self.origin[index])
 
 
 @dataclass
@@ -52,7 +60,11 @@ class DatasetSpec:
     embedded: bool
 
 
-def _fixed_split(images, labels, test_fraction, name, classes=None):
+def _origins(name, n, part=""):
+    return np.array([f"{name}:{part}{i}" for i in range(n)])
+
+
+def _fixed_split(images, labels, test_fraction, name, classes=None, origin=None):
     """A deterministic, stratified train/test split (seed 0, independent of runs):
     at least one image of every class on each side."""
     rng = np.random.default_rng(0)
@@ -71,7 +83,8 @@ def _fixed_split(images, labels, test_fraction, name, classes=None):
             f"too few in: {', '.join(short)}."
         )
     train, test = np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
-    return Split(images[train], labels[train]), Split(images[test], labels[test])
+    whole = Split(images, labels, origin if origin is not None else _origins(name, len(labels)))
+    return whole.take(train), whole.take(test)
 
 
 def _digits(root=None, download=False):
@@ -113,8 +126,9 @@ def _fashion_mnist(root=None, download=False):
     for mode, (images, labels) in files.items():
         kw = {} if missing else {"image_path": os.path.join(root, images), "label_path": os.path.join(root, labels)}
         ds = paddle.vision.datasets.FashionMNIST(mode=mode, download=bool(missing), backend="cv2", **kw)
-        splits[mode] = Split(np.asarray(ds.images, dtype=np.uint8).reshape(-1, 28, 28),
-                             np.asarray(ds.labels, dtype=np.int64).reshape(-1))
+        labels_of = np.asarray(ds.labels, dtype=np.int64).reshape(-1)
+        splits[mode] = Split(np.asarray(ds.images, dtype=np.uint8).reshape(-1, 28, 28), labels_of,
+                             _origins("fashion-mnist", len(labels_of), f"{mode}:"))
     classes = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
     return ImageSet("fashion-mnist", splits["train"], splits["test"], classes)
 
@@ -137,7 +151,8 @@ def _vision_dataset(name, cls_name, root, download, **files):
             image, label = ds[i]
             images.append(np.asarray(image, dtype=np.uint8))
             labels.append(int(np.asarray(label).reshape(-1)[0]))
-        splits[mode] = Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+        splits[mode] = Split(np.stack(images), np.asarray(labels, dtype=np.int64),
+                             _origins(name, len(labels), f"{mode}:"))
     classes = sorted(set(splits["train"].labels.tolist()))
     return ImageSet(name, splits["train"], splits["test"], [str(c) for c in classes])
 
@@ -159,41 +174,57 @@ def _flowers102(root=None, download=True):
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
 
+def read_image_folder(root: str, size: int = 256, name: str = "folder"):
+    """Every image of ``root/<class>/<image>``, resized to ``size`` x ``size`` RGB.
+
+    Returns:
+        tuple: ``(images, labels, classes)``: uint8 (N, size, size, 3), int64 (N,)
+        and the class folder names, sorted.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no class folders, a class folder without images, or an
+            image that cannot be read (named, with its path).
+    """
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(f"{name}: image folder {root!r} not found. Pass a folder laid out as "
+                                "<folder>/<class>/<image>.")
+    from PIL import Image
+
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{name}: {root} has no class subfolders (<folder>/<class>/<image>).")
+    images, labels, empty = [], [], []
+    for c, cls in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(_IMAGE_SUFFIXES))
+        if not files:
+            empty.append(cls)
+        for f in files:
+            path = os.path.join(root, cls, f)
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.uint8))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise ValueError(
+                    f"{name}: cannot read image {f!r} of class {cls!r} ({path}): "
+                    f"{type(err).__name__}: {err}. Remove or replace it."
+                ) from err
+            labels.append(c)
+    if empty:
+        raise ValueError(
+            f"{name}: class folder(s) with no images in {root}: {empty}. Remove them or add images "
+            f"({', '.join(_IMAGE_SUFFIXES)})."
+        )
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
 def _image_folder(name):
     def load(root=None, download=False, size=256, test_fraction=0.2):
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(
-                f"{name}: image folder {root!r} not found. Pass --data-root=<folder> laid out "
-                "as <folder>/<class>/<image>."
-            )
-        from PIL import Image
-
-        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        if not classes:
-            raise ValueError(f"{name}: {root} has no class subfolders (<folder>/<class>/<image>).")
-        images, labels, empty = [], [], []
-        for c, cls in enumerate(classes):
-            files = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(_IMAGE_SUFFIXES))
-            if not files:
-                empty.append(cls)
-            for f in files:
-                path = os.path.join(root, cls, f)
-                try:
-                    with Image.open(path) as im:
-                        images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.uint8))
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    raise ValueError(
-                        f"{name}: cannot read image {f!r} of class {cls!r} ({path}): "
-                        f"{type(err).__name__}: {err}. Remove or replace it."
-                    ) from err
-                labels.append(c)
-        if empty:
-            raise ValueError(
-                f"{name}: class folder(s) with no images in {root}: {empty}. Remove them or add images "
-                f"({', '.join(_IMAGE_SUFFIXES)})."
-            )
-        train, test = _fixed_split(np.stack(images), np.asarray(labels, dtype=np.int64), test_fraction, name,
-                                   classes)
+            raise FileNotFoundError(f"{name}: image folder {root!r} not found. Pass --data-root=<folder> laid out "
+                                    "as <folder>/<class>/<image>.")
+        images, labels, classes = read_image_folder(root, size, name)
+        train, test = _fixed_split(images, labels, test_fraction, name, classes)
         return ImageSet(name, train, test, classes)
 
     return load
@@ -208,8 +239,8 @@ def _class_subset(base, keep, name):
         lookup[list(keep)] = np.arange(len(keep))
 
         def subset(split):
-            mine = np.isin(split.labels, keep)
-            return Split(split.images[mine], lookup[split.labels[mine]])
+            mine = split.take(np.isin(split.labels, keep))
+            return Split(mine.images, lookup[mine.labels], mine.origin)
 
         return ImageSet(name, subset(data.train), subset(data.test), [data.classes[c] for c in keep])
 
@@ -222,10 +253,43 @@ def _inverted(base, name):
 
     def load(root=None, download=False):
         data = DATASETS[base].loader(root=root, download=download)
-        flip = lambda split: Split(255 - split.images, split.labels)  # noqa: E731
+        flip = lambda split: Split(255 - split.images, split.labels, split.origin)  # noqa: E731
         return ImageSet(name, flip(data.train), flip(data.test), data.classes)
 
     return load
+
+
+#: the share of a set's training split a "-src" partition pretrains on
+SOURCE_SHARE = 0.75
+
+
+def _partition(base, part, name):
+    """A registered set's training split cut in two, per class, once and for
+    all (seed 0): ``"src"`` (:data:`SOURCE_SHARE` of it) for pretraining a
+    source, ``"tgt"`` (the rest) for few-shot targets; both keep the test
+    split, which no source trains on. A source pretrained on a "-src" set
+    has never seen an image of the "-tgt" set: disjoint by construction
+    (and tested, image by image)."""
+
+    def load(root=None, download=False):
+        data = DATASETS[base].loader(root=root, download=download)
+        rng = np.random.default_rng(0)
+        chosen = []
+        for c in np.unique(data.train.labels):
+            idx = rng.permutation(np.flatnonzero(data.train.labels == c))
+            cut = int(round(len(idx) * SOURCE_SHARE))
+            chosen.extend(idx[:cut] if part == "src" else idx[cut:])
+        return ImageSet(name, data.train.take(np.sort(np.asarray(chosen, dtype=np.int64))), data.test,
+                        data.classes)
+
+    return load
+
+
+def _partitions(base, description):
+    """The "-src" and "-tgt" partitions of ``base``, as registry entries."""
+    return {f"{base}-{part}": DatasetSpec(_partition(base, part, f"{base}-{part}"),
+                                          f"{description}: {what} of its training images", True)
+            for part, what in (("src", f"{int(SOURCE_SHARE * 100)}%"), ("tgt", f"the other {100 - int(SOURCE_SHARE * 100)}%"))}
 
 
 #: every dataset name the demo and the benchmark accept
@@ -240,6 +304,12 @@ DATASETS = {
     "mnist5k-inv": DatasetSpec(_inverted("mnist5k", "mnist5k-inv"), "mnist5k inverted (a shifted domain)", True),
     "fashion-mnist-inv": DatasetSpec(_inverted("fashion-mnist", "fashion-mnist-inv"),
                                      "Fashion-MNIST inverted (a shifted domain)", True),
+    **_partitions("mnist5k", "mnist5k"),
+    **_partitions("mnist5k-inv", "mnist5k inverted"),
+    **_partitions("fashion-mnist", "Fashion-MNIST"),
+    **_partitions("fashion-mnist-inv", "Fashion-MNIST inverted"),
+    "fashion-mnist-b-tgt": DatasetSpec(_class_subset("fashion-mnist-tgt", [5, 6, 7, 8, 9], "fashion-mnist-b-tgt"),
+                                       "fashion-mnist-tgt classes 5-9", True),
     "cifar10": DatasetSpec(_cifar10, "CIFAR-10 via paddle.vision (download or --data-root)", False),
     "flowers102": DatasetSpec(_flowers102, "Flowers-102 via paddle.vision (download or --data-root)", False),
     "caltech256": DatasetSpec(_image_folder("caltech256"), "Caltech-256 image folder (--data-root)", False),

@@ -184,7 +184,7 @@ def test_source_fit_input_errors():
         source_fit(lambda t: t, x, y, head="fc")
     bad = x.numpy().copy()
     bad[3] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="Image 3 .* NaN or Inf pixels"):
         source_fit(net, bad, y, head="fc")
 
 
