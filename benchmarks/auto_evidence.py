@@ -199,7 +199,9 @@ def main(argv=None):
     cells = [plan_cells[i] for i in args.cells] if args.cells is not None else plan_cells
     os.makedirs(args.output, exist_ok=True)
     done = RunStore.merged(args.output)
-    store = RunStore(os.path.join(args.output, f"runs-w{args.worker}.jsonl"))
+    # a worker on a subset of the cells writes a file of its own, so workers on other subsets never share one
+    subset = "" if args.cells is None else "-c" + "-".join(map(str, args.cells))
+    store = RunStore(os.path.join(args.output, f"runs-w{args.worker}{subset}.jsonl"))
     sources, targets = {}, {}
 
     def source_of(pair):

@@ -68,6 +68,9 @@ class RunConfig:
     # steps between refreshes of the held-out gradient (cross: between fold
     # rotations); None: the rule's own
     holdout_every: int | None = None
+    # train also on the images per class a holdout rule with holdout_source "extra" would hold out (the same
+    # draw): the fair baseline of that rule sees exactly the images it sees
+    extra_train_per_class: int = 0
 
 
 class Recorder(StepLogger):
@@ -113,6 +116,8 @@ def _has_held_out_images(cfg) -> bool:
 def _holdout_images(target, cfg, seed, needs_holdout):
     """(train indices, held-out indices or None) of the target's train split."""
     train = few_shot_indices(target.train.labels, cfg.per_class, seed)  # every method's training set
+    if cfg.extra_train_per_class:
+        return np.union1d(train, _extra_images(target, train, cfg.extra_train_per_class, seed)), None
     if not needs_holdout:
         return train, None
     if cfg.holdout_source not in HOLDOUT_SOURCES:
@@ -120,11 +125,16 @@ def _holdout_images(target, cfg, seed, needs_holdout):
     if not _has_held_out_images(cfg):
         raise ValueError("This rule judges conflicts on held-out images: set holdout_per_class > 0.")
     if cfg.holdout_source == "extra":  # the extra images from the rest of the split
-        rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
-        return train, rest[few_shot_indices(target.train.labels[rest], cfg.holdout_per_class, seed + 1)]
+        return train, _extra_images(target, train, cfg.holdout_per_class, seed)
     if cfg.holdout_source == "budget":
         return split_holdout(target.train.labels, train, cfg.holdout_per_class, seed)
     return train, None  # cross and next: cut from the training set itself
+
+
+def _extra_images(target, train, per_class, seed):
+    """``per_class`` images of every class from outside ``train``, drawn with ``seed + 1``."""
+    rest = np.setdiff1d(np.arange(len(target.train.labels)), train)
+    return rest[few_shot_indices(target.train.labels[rest], per_class, seed + 1)]
 
 
 def load_source(source_path: str, arch_name: str = "resnet18") -> paddle.nn.Layer:
