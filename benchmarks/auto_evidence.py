@@ -130,6 +130,8 @@ PLANS = {
     # the per-stage test on the same cells, once the global runs are in (same output folder)
     "discovery-stages": (DISCOVERY_PAIRS, DISCOVERY_CELLS, ("auto_stages",)),
     "validation": (VALIDATION_PAIRS, VALIDATION_CELLS, ("auto", "auto_stages")),
+    # the same runs, auto's first: what decides the goal runs before the per-stage test's
+    "validation-auto": (VALIDATION_PAIRS, VALIDATION_CELLS, ("auto",)),
 }
 
 
