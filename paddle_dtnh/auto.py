@@ -107,14 +107,15 @@ def _z_text(advantage, se) -> str:
     return "SE n/a" if se is None else f"{advantage / se:+.1f} SE" if se > 0 else "SE 0"
 
 
-def decide(fit, *, stages: bool = False, policy: DecisionPolicy = DEFAULT_POLICY) -> Decision:
+def decide(fit, *, stages: bool = False, policy: DecisionPolicy | None = None) -> Decision:
     """The decision for a :class:`~paddle_dtnh.SourceFit`.
 
     Args:
         fit (SourceFit): the report of :func:`paddle_dtnh.source_fit`.
         stages (bool, optional): decide per stage (``preset="auto_stages"``).
             Default: False.
-        policy (DecisionPolicy, optional): the thresholds. Default: :data:`DEFAULT_POLICY`.
+        policy (DecisionPolicy, optional): the thresholds. Default: None
+            (:data:`DEFAULT_POLICY`).
 
     Examples:
         .. code-block:: python
@@ -126,6 +127,7 @@ def decide(fit, *, stages: bool = False, policy: DecisionPolicy = DEFAULT_POLICY
             >>> decide(report).preset
             'paper'
     """
+    policy = DEFAULT_POLICY if policy is None else policy
     se = fit.advantage_se
     if se is None:
         raise ValueError("This source-fit report was saved before 0.5 and has no per-image record (no "

@@ -13,6 +13,8 @@ import pytest
 from paddle_dtnh.data import load_dataset
 from lab import METHODS, RunConfig, pretrain_source, run_transfer
 from paddle_dtnh import PRESETS
+from paddle_dtnh import auto as auto_module
+from paddle_dtnh.auto import DecisionPolicy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -180,7 +182,7 @@ def test_the_scenarios_set_defaults_the_options_override():
         sys.path.remove(str(ROOT / "demo"))
     helps = transfer.parse_args(["--scenario", "helps"])
     assert (helps.source, helps.target, helps.source_epochs, helps.source_images, helps.iterations) == (
-        "mnist5k", "mnist5k", 4, 4000, 100)
+        "mnist5k-src", "mnist5k-tgt", 4, 3000, 100)
     assert "dtnh_l2sp@auto" in helps.methods
     hurts = transfer.parse_args(["--iterations", "7"])
     assert (hurts.source, hurts.target, hurts.iterations, hurts.methods) == (
@@ -224,17 +226,30 @@ def test_never_hurt_holdout_without_held_out_images_runs_its_fallback(tiny_sourc
     assert fallen["curve"] == ema["curve"]
 
 
-@pytest.mark.parametrize("reg", ["l2sp", "knowdist"])
-def test_auto_run_equals_the_run_of_the_rule_it_chose(tiny_source, reg):
-    """What lets the evidence read auto's accuracy off the paper and
-    never_hurt runs of the same seed: the auto run is bit-equal to the run
-    of the preset its test chose."""
+_FORCED = {"as measured": None,
+           "uncertain": DecisionPolicy(fit_margin=1e9, logme_agrees=False, off_margin=1e9, if_no_fit="off",
+                                       if_uncertain="never_hurt"),
+           "no fit": DecisionPolicy(fit_margin=1e9, logme_agrees=False, off_margin=0, if_no_fit="off",
+                                    if_uncertain="off")}
+
+
+@pytest.mark.parametrize("reg, policy", [("l2sp", "as measured"), ("knowdist", "as measured"),
+                                         ("l2sp", "uncertain"), ("knowdist", "no fit")])
+def test_auto_run_equals_the_run_of_the_rule_it_chose(tiny_source, reg, policy, monkeypatch):
+    """What lets the discovery read a policy's accuracy off the paper,
+    never_hurt and fine-tuning runs of the same seed: the auto run is
+    bit-equal to the run of the branch its test chose (the pull off: the
+    fine-tuning run)."""
+    if _FORCED[policy] is not None:
+        monkeypatch.setattr(auto_module, "DEFAULT_POLICY", _FORCED[policy])
     _, path = tiny_source
     target = load_dataset("digits")
     cfg = RunConfig(iterations=3, batch_size=8, per_class=3, image_size=16, eval_interval=3, max_test=40)
     auto = run_transfer(f"dtnh_{reg}@auto", path, target, cfg, seed=2, progress=False)
-    chosen = auto["source_fit"]["preset"]
-    assert chosen in ("paper", "never_hurt")
-    straight = run_transfer(f"dtnh_{reg}@{chosen}", path, target, cfg, seed=2, progress=False)
+    chosen = auto["decision"]["preset"]
+    assert chosen in ("paper", "never_hurt", "off")
+    assert chosen == {"as measured": chosen, "uncertain": "never_hurt", "no fit": "off"}[policy]
+    straight = run_transfer("finetune" if chosen == "off" else f"dtnh_{reg}@{chosen}", path, target, cfg, seed=2,
+                            progress=False)
     assert auto["curve"]["test_loss"] == straight["curve"]["test_loss"]
     assert auto["distance_to_source"] == straight["distance_to_source"]
