@@ -45,6 +45,13 @@ def main(readme: str) -> None:
     assert logits.shape == [2, 3]
     print("PaddleHub module resnet18_vd_dtnh: loaded from", MODULE_DIR)
 
+    import subprocess
+
+    command = os.path.join(os.path.dirname(sys.executable), "paddle-dtnh")
+    shown = subprocess.run([command, "fit", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--weights" in shown, shown
+    print("console script paddle-dtnh:", command)
+
 
 if __name__ == "__main__":
     main(os.path.abspath(sys.argv[1]))
