@@ -341,3 +341,35 @@ def test_the_same_rule_by_name_or_by_object_resumes_without_a_warning():
     other, _ = _run("paper", steps=0)
     with pytest.warns(UserWarning, match="preset: saved 'never_hurt', now 'paper'"):
         other.set_state_dict(opt.state_dict())
+
+
+def test_head_is_taken_as_the_regularizers_take_it():
+    x, y = _labelled_images()
+    net = _Picker([0, 1])
+    by_name, by_list = source_fit(net, x, y, head="fc"), source_fit(net, x, y, head=["fc"])
+    assert by_name == by_list and by_list.head == ("fc",)
+    with pytest.raises(TypeError, match="name prefix or a list"):
+        source_fit(net, x, y, head=3)
+    with pytest.raises(ValueError, match="one classifier layer"):
+        source_fit(net, x, y, head=["fc", "body"])
+
+
+def test_raw_pixels_are_said_and_normalised_images_are_not():
+    x, y = _labelled_images()
+    net = _Picker([0, 1])
+    raw = np.clip(np.round(x.numpy() * 40 + 128), 0, 255).astype(np.uint8)
+    with pytest.warns(UserWarning, match=r"integer images with values in \[0, 255\]: raw 0-255 pixels"):
+        source_fit(net, raw, y, head="fc")
+    with pytest.warns(UserWarning, match="raw 0-255 pixels"):
+        source_fit(net, raw.astype(np.float32), y, head="fc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source_fit(net, x, y, head="fc")  # standardised values: no warning
+
+
+def test_a_list_of_batches_with_labels_is_a_named_error():
+    x, y = _labelled_images()
+    batches = [(x[:30], y[:30]), (x[30:], y[30:])]
+    with pytest.raises(ValueError, match="list of \\(images, labels\\) batches and labels= was given"):
+        source_fit(_Picker([0, 1]), batches, y, head="fc")
+    assert source_fit(_Picker([0, 1]), batches, head="fc").num_images == 60
