@@ -65,7 +65,7 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
     else:  # with the pull off, no rule ever sees a gO: the paper's stands in
         rule = resolve_rule("paper" if decision.preset == "off" else decision.preset, **given)
     name = preset if isinstance(preset, str) else None
-    if not has_holdout and rule.reference == "holdout" and rule.fallback is not None:
+    if not has_holdout and rule.needs_holdout and rule.fallback is not None:
         warnings.warn(
             f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
             f"held-out data, but no holdout= was given: using its fallback {rule.fallback} instead. "
