@@ -199,8 +199,8 @@ class KeptPull:
         For ``keep`` and ``coef`` rules only (``masks`` need a pass over the
         coordinates). ``cast`` converts the rule's factors (float64 stats)."""
         if self.keep is not None:
-            k = cast(self.keep)
-            return k * oo, k * oo, None if jo is None else k * jo
+            k = cast(self.keep)  # k * k: a rule may keep a fraction (equal to k for 0/1 factors)
+            return k * k * oo, k * oo, None if jo is None else k * jo
         c = cast(self.coef)  # gO' = gO - c r
         return (oo - 2.0 * c * ro + c * c * rr, oo - c * ro,
                 None if jo is None else jo - c * rj)
