@@ -13,8 +13,8 @@ from .regularizers.base import TransferRegularizer
 from .rules import PRESETS, Rule, resolve_rule
 from .transferability import SourceFit
 
-__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_fit_source",
-           "pulled_parameters"]
+__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_owned",
+           "check_fit_source", "pulled_parameters"]
 
 #: an option the caller did not give (None is a value: ``max_reg_ratio=None``)
 UNSET = object()
@@ -139,14 +139,19 @@ def check_regularizer(regularizer, params) -> None:
             "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
             f"got {type(regularizer).__name__}."
         )
+    check_owned(params, [(p.name, p) for p in regularizer.regularized_parameters()],
+                what="The regularizer covers {n} parameter(s) the optimizer does not own (e.g. {names}).",
+                fix="Build the optimizer over the same model's parameters as the regularizer.", shown=5)
+
+
+def check_owned(params, named, *, what: str, fix: str, shown: int = 3) -> None:
+    """The one parameter-ownership check: ValueError unless every parameter of
+    ``named`` (``(name, param)`` pairs) is one of ``params`` (by identity).
+    ``what`` is formatted with ``n`` and ``names`` (the first ``shown``)."""
     owned = {id(p) for p in params}
-    foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
+    foreign = [name for name, p in named if id(p) not in owned]
     if foreign:
-        raise ValueError(
-            f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
-            f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
-            "parameters as the regularizer."
-        )
+        raise ValueError(f"{what.format(n=len(foreign), names=foreign[:shown])} {fix}")
 
 
 def pulled_parameters(decision: Decision | None, params, names, model):

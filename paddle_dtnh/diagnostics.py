@@ -19,7 +19,7 @@ import paddle
 from ._ops import dots, flags, scalar
 
 __all__ = ["Stat", "STATS", "STAT_KEYS", "DIAGNOSTIC_KEYS", "GradientProducts", "direction_stats",
-           "collect_step_stats", "StepLogger", "LoggerGroup"]
+           "collect_step_stats", "StepLogger", "LoggerGroup", "notify_source_fit"]
 
 _RAD_TO_DEG = 180.0 / math.pi
 
@@ -266,6 +266,14 @@ class StepLogger:
         """Release files."""
 
 
+def notify_source_fit(logger, report) -> None:
+    """``logger.on_source_fit(report)``, where the logger has it: a logger
+    written before 0.4 (not a :class:`StepLogger`) may lack it, or be None."""
+    method = getattr(logger, "on_source_fit", None)
+    if method is not None:
+        method(report)
+
+
 class LoggerGroup(StepLogger):
     """Several loggers as one: diagnostics on the steps any of them wants.
 
@@ -296,7 +304,7 @@ class LoggerGroup(StepLogger):
 
     def on_source_fit(self, report):
         for logger in self.loggers:
-            getattr(logger, "on_source_fit", lambda r: None)(report)
+            notify_source_fit(logger, report)
 
     def log_eval(self, step, loss=None, accuracy=None):
         for logger in self.loggers:
