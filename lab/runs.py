@@ -496,8 +496,13 @@ class RunStore:
         """Append ``run`` (which holds its ``key``) and flush it to disk."""
         self.runs[run["key"]] = run
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        cut = False  # a line cut by a crash has no newline: the next run must not join it
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(run) + "\n")
+            f.write(("\n" if cut else "") + json.dumps(run) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

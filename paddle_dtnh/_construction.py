@@ -13,8 +13,8 @@ from .regularizers.base import TransferRegularizer
 from .rules import PRESETS, Rule, resolve_rule
 from .transferability import SourceFit
 
-__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_fit_source",
-           "pulled_parameters"]
+__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_owned",
+           "check_fit_source", "pulled_parameters"]
 
 #: an option the caller did not give (None is a value: ``max_reg_ratio=None``)
 UNSET = object()
@@ -65,7 +65,7 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
     else:  # with the pull off, no rule ever sees a gO: the paper's stands in
         rule = resolve_rule("paper" if decision.preset == "off" else decision.preset, **given)
     name = preset if isinstance(preset, str) else None
-    if not has_holdout and rule.reference == "holdout" and rule.fallback is not None:
+    if not has_holdout and rule.needs_holdout and rule.fallback is not None:
         warnings.warn(
             f"{'preset ' + repr(preset) if isinstance(preset, str) else 'This rule'} judges conflicts on "
             f"held-out data, but no holdout= was given: using its fallback {rule.fallback} instead. "
@@ -139,14 +139,19 @@ def check_regularizer(regularizer, params) -> None:
             "regularizer must be a paddle_dtnh.regularizers.TransferRegularizer, "
             f"got {type(regularizer).__name__}."
         )
+    check_owned(params, [(p.name, p) for p in regularizer.regularized_parameters()],
+                what="The regularizer covers {n} parameter(s) the optimizer does not own (e.g. {names}).",
+                fix="Build the optimizer over the same model's parameters as the regularizer.", shown=5)
+
+
+def check_owned(params, named, *, what: str, fix: str, shown: int = 3) -> None:
+    """The one parameter-ownership check: ValueError unless every parameter of
+    ``named`` (``(name, param)`` pairs) is one of ``params`` (by identity).
+    ``what`` is formatted with ``n`` and ``names`` (the first ``shown``)."""
     owned = {id(p) for p in params}
-    foreign = [p.name for p in regularizer.regularized_parameters() if id(p) not in owned]
+    foreign = [name for name, p in named if id(p) not in owned]
     if foreign:
-        raise ValueError(
-            f"The regularizer covers {len(foreign)} parameter(s) the optimizer does "
-            f"not own (e.g. {foreign[:5]}). Build the optimizer over the same model's "
-            "parameters as the regularizer."
-        )
+        raise ValueError(f"{what.format(n=len(foreign), names=foreign[:shown])} {fix}")
 
 
 def pulled_parameters(decision: Decision | None, params, names, model):

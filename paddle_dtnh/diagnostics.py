@@ -19,7 +19,7 @@ import paddle
 from ._ops import dots, flags, scalar
 
 __all__ = ["Stat", "STATS", "STAT_KEYS", "DIAGNOSTIC_KEYS", "GradientProducts", "direction_stats",
-           "collect_step_stats", "StepLogger", "LoggerGroup"]
+           "collect_step_stats", "StepLogger", "LoggerGroup", "notify_source_fit"]
 
 _RAD_TO_DEG = 180.0 / math.pi
 
@@ -155,8 +155,10 @@ def direction_stats(products: GradientProducts, kept, lam: float, *, granularity
 
     Args:
         products (GradientProducts): the step's per-tensor inner products.
-        kept (paddle_dtnh.projection.KeptPull): how :math:`g'_\Omega` was
-            formed (``keep``, ``coef`` or ``masks``, and the ``cap`` factor).
+        kept (paddle_dtnh.conflict.KeptPull): how the rule formed
+            :math:`g'_\Omega` (and the ``cap`` factor); its methods give the
+            rule's share (:meth:`~paddle_dtnh.conflict.KeptPull.stat_products`,
+            ``plane``, ``blocks_in_conflict``).
         lam (float): the regularization coefficient.
         granularity (str, optional): the blocks. Default: "global".
         batch_reference (bool, optional): whether r is gJ. Default: True.
@@ -184,12 +186,8 @@ def direction_stats(products: GradientProducts, kept, lam: float, *, granularity
     """
     p = products
     jj, oo, jo, ro, rj, rr, present = (_f64(t) for t in (p.jj, p.oo, p.jo, p.ro, p.rj, p.rr, p.present))
-    # <gO', gJ>, <gO', gO>, ||gO'||^2 per tensor
-    if kept.masks is not None:
-        pj, po = _f64(p.pj), _f64(p.po)
-        pp = po
-    else:
-        pp, po, pj = kept.products(oo, ro, rr, jo, rj, cast=_f64)
+    # <gO', gJ>, <gO', gO>, ||gO'||^2 per tensor: the rule's share, from how it formed gO'
+    pp, po, pj = kept.stat_products(p, oo, ro, rr, jo, rj, cast=_f64)
     s = _f64(kept.cap)  # the cap scales gO' by s
     if s is not None:
         pj, po, pp = s * pj, s * po, s * s * pp
@@ -199,24 +197,19 @@ def direction_stats(products: GradientProducts, kept, lam: float, *, granularity
     d_o = sum_jo + lam * sum_po
     d_d = sum_jj + 2.0 * lam * sum_pj + lam * lam * sum_pp
     one = scalar(1.0, jj, "float64")
-    if granularity == "global" and batch_reference and kept.masks is None:
-        y = lam * one if s is None else lam * s  # d = a gJ + y gO: exact in-plane angles
-        if kept.coef is not None:
-            a = one - y * _f64(kept.coef)
-        else:
-            a, y = one, y * _f64(kept.keep)
+    # d = a gJ + y gO: exact in-plane angles (per-block factors take d out of that plane)
+    plane = None
+    if granularity == "global" and batch_reference:
+        plane = kept.plane(lam * one if s is None else lam * s, one, _f64)
+    if plane is not None:
+        a, y = plane
         angles12 = {
             "angle1": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=True),
             "angle2": _angle_in_plane(a, y, sum_jj, sum_oo, sum_jo, to_task=False),
         }
-    else:  # per-block factors take d out of that plane (the vanilla direction never leaves it)
+    else:  # the vanilla direction never leaves the plane
         angles12 = {"angle1": _angle_deg(d_j, d_d, sum_jj), "angle2": _angle_deg(d_o, d_d, sum_oo)}
-    if kept.masks is not None:
-        blocks = _f64(p.coordinate_conflicts)
-    elif granularity == "global":
-        blocks = (ro.sum() < 0).astype("float64")
-    else:
-        blocks = ((ro < 0).astype("float64") * present).sum() / paddle.clip(present.sum(), min=1.0)
+    blocks = kept.blocks_in_conflict(p, ro, present, granularity, _f64)
     removed_sq = paddle.clip(sum_oo - 2.0 * sum_po + sum_pp, min=0.0)
     return {
         "task_grad_norm": paddle.sqrt(sum_jj),
@@ -273,6 +266,14 @@ class StepLogger:
         """Release files."""
 
 
+def notify_source_fit(logger, report) -> None:
+    """``logger.on_source_fit(report)``, where the logger has it: a logger
+    written before 0.4 (not a :class:`StepLogger`) may lack it, or be None."""
+    method = getattr(logger, "on_source_fit", None)
+    if method is not None:
+        method(report)
+
+
 class LoggerGroup(StepLogger):
     """Several loggers as one: diagnostics on the steps any of them wants.
 
@@ -303,7 +304,7 @@ class LoggerGroup(StepLogger):
 
     def on_source_fit(self, report):
         for logger in self.loggers:
-            getattr(logger, "on_source_fit", lambda r: None)(report)
+            notify_source_fit(logger, report)
 
     def log_eval(self, step, loss=None, accuracy=None):
         for logger in self.loggers:

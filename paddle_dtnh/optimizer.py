@@ -34,7 +34,7 @@ from ._explicit_mode import ExplicitLoop
 from ._hook_mode import HookLoop
 from ._reg_gradient import RegularizerGradient
 from ._optim_state import StructuredState, optimizer_parameters, stable_names
-from .diagnostics import collect_step_stats
+from .diagnostics import collect_step_stats, notify_source_fit
 from .distributed import rank
 from .projection import dtnh_direction
 from .references import make_reference
@@ -255,7 +255,7 @@ class DTNH(compat.OptimizerFacade):
         if self.source_fit is not None:
             if rank() == 0:  # one line per job, not per process
                 print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
-            getattr(logger, "on_source_fit", lambda report: None)(self.source_fit)
+            notify_source_fit(logger, self.source_fit)
 
     # -- the rule's fields, read-only -------------------------------------------
     granularity = property(lambda self: self.rule.granularity)
@@ -295,11 +295,15 @@ class DTNH(compat.OptimizerFacade):
             )
         return params
 
+    def _refuse_omega_without_regularizer(self, omega) -> None:
+        """The one "no regularizer" check of an ``omega`` (every loop's)."""
+        if self.regularizer is None and omega is not None:
+            raise ValueError("omega was given but this DTNH has no regularizer.")
+
     def _reg_grads(self, params, omega) -> list:
         """gO aligned with ``params`` (None where Omega does not depend on p)."""
+        self._refuse_omega_without_regularizer(omega)
         if self.regularizer is None:
-            if omega is not None:
-                raise ValueError("omega was given but this DTNH has no regularizer.")
             return [None] * len(params)
         return self._reg_gradient(params, omega)
 

@@ -13,16 +13,22 @@ hypergradient of the loss whose gradient :math:`r` is, with respect to block
   is one that raises the held-out loss, so a pull toward the source is kept
   exactly where it helps generalization.
 
-Each reference has one contract: :meth:`~BatchReference.get` gives the
-reference for a step (``None`` means "this batch's gJ"),
-:meth:`~BatchReference.reset` forgets what it holds (after a skipped step),
-and :meth:`~BatchReference.state_dict` / :meth:`~BatchReference.set_state_dict`
-carry it in a checkpoint, keyed by stable parameter names.
+Each reference has one contract, :class:`Reference`: :meth:`~Reference.get`
+gives the reference for a step (``None`` means "this batch's gJ"),
+:meth:`~Reference.reset` forgets what it holds (after a skipped step),
+:meth:`~Reference.state_dict` / :meth:`~Reference.set_state_dict` carry it in
+a checkpoint, keyed by stable parameter names, and :meth:`~Reference.problems`
+says what in a checkpoint does not fit. The built-in ones are registered
+factories (:data:`REFERENCES`); a new reference is a :class:`Reference`
+subclass (:class:`PerParameterReference` holds one tensor per parameter and
+saves it) and one :func:`register_reference` call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import paddle
 
@@ -31,34 +37,53 @@ from . import _paddle_compat as compat
 from ._optim_state import tensor_problems as _tensor_problems
 from .distributed import all_reduce_mean
 
-__all__ = ["BatchReference", "MovingAverage", "HoldoutReference", "make_reference", "frozen_batch_norm"]
+__all__ = ["Reference", "BatchReference", "PerParameterReference", "MovingAverage", "HoldoutReference",
+           "REFERENCES", "ReferenceKind", "register_reference", "make_reference", "frozen_batch_norm"]
 
 
-class BatchReference:
-    """This batch's gJ: nothing to keep."""
+class Reference:
+    """The protocol of a reference: what conflicts are judged against, and its state.
 
-    name = "batch"
+    Every method has a do-nothing default (this batch's gJ, nothing held).
+    ``params`` are the optimizer's trainable parameters and ``task_grads``
+    this step's gJ aligned with them (all-reduced under data parallelism;
+    read-only: the step writes the direction into them afterwards, so copy
+    what you keep). ``names`` are the parameters' stable structured names.
+    """
 
     def get(self, params, task_grads, step: int):
-        """The reference for applied step ``step`` (1-based); None: gJ itself."""
+        """The reference for applied step ``step`` (1-based), aligned with
+        ``params``; None: gJ itself."""
         return None
 
     def reset(self) -> None:
         """Forget what is held (called after a skipped step)."""
 
     def state_dict(self, names, params) -> dict:
+        """What to save, merged into the ``"dtnh"`` entry of
+        :meth:`paddle_dtnh.DTNH.state_dict` (pick keys of your own)."""
         return {}
 
     def set_state_dict(self, state: dict, names, params) -> None:
-        pass
+        """Load what :meth:`state_dict` saved (``state`` is the whole ``"dtnh"`` entry)."""
 
     def problems(self, state: dict, names, params) -> list:
-        """What in ``state`` does not fit ``params`` (empty: it fits)."""
+        """What in ``state`` does not fit ``params`` (empty: it fits); checked
+        before anything is loaded."""
         return []
 
 
-class _PerParameter(BatchReference):
-    """A reference that holds one tensor per parameter (at most one gradient copy)."""
+class BatchReference(Reference):
+    """This batch's gJ: nothing to keep."""
+
+    name = "batch"
+
+
+class PerParameterReference(Reference):
+    """A reference that holds one tensor per parameter (at most one gradient
+    copy), saved under :attr:`key` by structured name; :attr:`label` names it
+    in errors. Subclasses fill ``self._held`` (``id(param) -> tensor``) in
+    :meth:`get`."""
 
     key = ""
     label = ""
@@ -88,7 +113,7 @@ class _PerParameter(BatchReference):
                       for n, t in (state.get(self.key) or {}).items()}
 
 
-class MovingAverage(_PerParameter):
+class MovingAverage(PerParameterReference):
     r""":math:`m \leftarrow \beta m + (1-\beta) g_J`, started at the first
     :math:`g_J` (the projection is scale-invariant in :math:`r`, so no bias
     correction), restarted by :meth:`reset`. One gradient copy of memory.
@@ -185,7 +210,7 @@ class frozen_batch_norm:
         return False
 
 
-class HoldoutReference(_PerParameter):
+class HoldoutReference(PerParameterReference):
     r"""The gradient of the empirical loss on held-out target data.
 
     Every ``every`` applied steps it calls ``fn()`` (a zero-argument callable
@@ -258,17 +283,85 @@ class HoldoutReference(_PerParameter):
         self._refreshed_at = state.get("holdout_refreshed_at") if self._held else None
 
 
-def make_reference(rule, *, holdout=None, model=None) -> BatchReference:
+_PerParameter = PerParameterReference  # the 0.4 name
+
+
+@dataclass(frozen=True)
+class ReferenceKind:
+    """A registered reference: how to build it and which options it reads.
+
+    Attributes:
+        factory (callable): ``factory(rule, *, holdout, model) -> Reference``.
+        reads (tuple): the :class:`paddle_dtnh.Rule` options it reads
+            (``ema_decay``, ``holdout_every``); another reference given one of
+            them is an error, not a silent no-op.
+        takes_holdout (bool): whether it needs ``DTNH(holdout=fn)`` (and may
+            have a ``fallback`` rule for when none is given).
+    """
+
+    factory: Callable
+    reads: tuple = ()
+    takes_holdout: bool = False
+
+
+#: the options of a :class:`paddle_dtnh.Rule` that only some references read
+OPTIONS_OF_REFERENCES = ("ema_decay", "holdout_every")
+
+_REGISTERED: dict = {}
+
+#: name -> :class:`ReferenceKind`, every registered reference (read-only; add
+#: with :func:`register_reference`)
+REFERENCES = MappingProxyType(_REGISTERED)
+
+
+def register_reference(name: str, factory: Callable, *, reads=(), takes_holdout: bool = False) -> None:
+    """Make ``factory`` the ``reference=name`` choice of every :class:`paddle_dtnh.Rule`.
+
+    Args:
+        name (str): a new name (the built-ins: "batch", "ema", "holdout").
+        factory (callable): ``factory(rule, *, holdout, model) -> Reference``,
+            called once per :class:`paddle_dtnh.DTNH` (the object holds that
+            optimizer's state).
+        reads (tuple, optional): the Rule options it reads. Default: ().
+        takes_holdout (bool, optional): it needs ``holdout=fn``. Default: False.
+
+    Examples:
+        .. code-block:: python
+
+            >>> from paddle_dtnh.references import BatchReference, register_reference
+            >>> from paddle_dtnh.rules import Rule
+            >>> register_reference("batch_doc", lambda rule, **_: BatchReference())
+            >>> Rule(reference="batch_doc").reference
+            'batch_doc'
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"A reference's name must be a non-empty str, got {name!r}.")
+    if name in _REGISTERED:
+        raise ValueError(f"Reference {name!r} is already registered; pick another name.")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable as factory(rule, *, holdout, model) -> Reference, "
+                        f"got {type(factory).__name__}.")
+    unknown = sorted(set(reads) - set(OPTIONS_OF_REFERENCES))
+    if unknown:
+        raise ValueError(f"reads={tuple(reads)!r}: {unknown[0]!r} is no reference option of a Rule; "
+                         f"they are {OPTIONS_OF_REFERENCES}.")
+    _REGISTERED[name] = ReferenceKind(factory, tuple(reads), bool(takes_holdout))
+
+
+def make_reference(rule, *, holdout=None, model=None) -> Reference:
     """The reference object of ``rule`` (a :class:`paddle_dtnh.rules.Rule`)."""
-    if rule.reference == "holdout":
-        if holdout is None:
-            raise ValueError(
-                "reference='holdout' needs holdout=fn: a zero-argument callable returning the empirical "
-                "loss of the current model on held-out target data (a scalar Tensor).")
-        return HoldoutReference(holdout, rule.holdout_every, model)
-    if holdout is not None:
+    kind = _REGISTERED[rule.reference]
+    if kind.takes_holdout and holdout is None:
+        raise ValueError(
+            f"reference={rule.reference!r} needs holdout=fn: a zero-argument callable returning the empirical "
+            "loss of the current model on held-out target data (a scalar Tensor).")
+    if holdout is not None and not kind.takes_holdout:
         raise ValueError(f"holdout= was given but the rule's reference is {rule.reference!r}; "
                          "pass reference='holdout' (or a preset that uses it) to judge conflicts on it.")
-    if rule.reference == "ema" and rule.projects:
-        return MovingAverage(rule.ema_decay)
-    return BatchReference()
+    return kind.factory(rule, holdout=holdout, model=model)
+
+
+register_reference("batch", lambda rule, **_: BatchReference())
+register_reference("ema", lambda rule, **_: MovingAverage(rule.ema_decay), reads=("ema_decay",))
+register_reference("holdout", lambda rule, *, holdout, model: HoldoutReference(holdout, rule.holdout_every, model),
+                   reads=("holdout_every",), takes_holdout=True)

@@ -29,21 +29,36 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ._checks import check_choice, check_positive, check_positive_int, check_ratio
+from .conflict import CONFLICT_RULES, register_conflict_rule
+from .references import OPTIONS_OF_REFERENCES, REFERENCES, register_reference
 
-__all__ = ["Rule", "PRESETS", "GRANULARITIES", "ON_CONFLICT", "REFERENCES", "resolve_rule"]
+__all__ = ["Rule", "PRESETS", "GRANULARITIES", "ON_CONFLICT", "REFERENCES", "resolve_rule",
+           "register_conflict_rule", "register_reference"]
 
 #: ``"global"``: one block of all parameters (the paper). ``"layer"``: one
 #: block per parameter tensor. ``"coordinate"``: one block per scalar.
 GRANULARITIES = ("global", "layer", "coordinate")
 
-#: ``"project"``: remove the conflicting component (the paper). ``"drop"``:
-#: remove a conflicting block's whole regularizer gradient. ``"ignore"``:
-#: keep it (the vanilla regularized step, no DTNH).
-ON_CONFLICT = ("project", "drop", "ignore")
+#: name -> :class:`paddle_dtnh.conflict.ConflictRule`, every registered rule
+#: (a read-only live view). Built in: ``"project"``: remove the conflicting
+#: component (the paper). ``"drop"``: remove a conflicting block's whole
+#: regularizer gradient. ``"ignore"``: keep it (the vanilla regularized
+#: step, no DTNH). Add one with :func:`register_conflict_rule`.
+ON_CONFLICT = CONFLICT_RULES
 
-#: ``"batch"``: this batch's gJ (the paper). ``"ema"``: a moving average of
-#: gJ. ``"holdout"``: the gradient of the empirical loss on held-out data.
-REFERENCES = ("batch", "ema", "holdout")
+# REFERENCES (imported above): name -> :class:`paddle_dtnh.references.ReferenceKind`,
+# every registered reference. Built in: ``"batch"``: this batch's gJ (the
+# paper). ``"ema"``: a moving average of gJ. ``"holdout"``: the gradient of
+# the empirical loss on held-out data. Add one with :func:`register_reference`.
+
+
+def _readers(option: str) -> str:
+    """The registered references that read ``option``, as ``'ema'`` or ``'a'/'b'``."""
+    return "/".join(repr(name) for name, kind in REFERENCES.items() if option in kind.reads)
+
+
+def _holdout_references() -> str:
+    return "/".join(repr(name) for name, kind in REFERENCES.items() if kind.takes_holdout)
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,10 @@ class Rule:
 
     Args:
         granularity (str, optional): a value of :data:`GRANULARITIES`. Default: "global".
-        on_conflict (str, optional): a value of :data:`ON_CONFLICT`. Default: "project".
-        reference (str, optional): a value of :data:`REFERENCES`. Default: "batch".
+        on_conflict (str, optional): a name in :data:`ON_CONFLICT` (the
+            registered conflict rules). Default: "project".
+        reference (str, optional): a name in :data:`REFERENCES` (the
+            registered references). Default: "batch".
         max_reg_ratio (float, optional): :math:`\rho > 0`: after the rule,
             the kept pull is scaled so that :math:`\lVert\lambda
             g'_\Omega\rVert \le \rho\lVert g_J\rVert`. Default: None (no cap).
@@ -88,17 +105,22 @@ class Rule:
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("on_conflict", self.on_conflict, ON_CONFLICT)
         check_choice("reference", self.reference, REFERENCES)
+        supported = ON_CONFLICT[self.on_conflict].granularities
+        if self.granularity not in supported:
+            raise ValueError(f"on_conflict={self.on_conflict!r} supports granularity "
+                             f"{', '.join(map(repr, supported))}, not {self.granularity!r}.")
         if self.max_reg_ratio is not None:
             object.__setattr__(self, "max_reg_ratio", check_positive("max_reg_ratio", self.max_reg_ratio))
         object.__setattr__(self, "ema_decay", check_ratio("ema_decay", self.ema_decay, low_open=False))
         object.__setattr__(self, "holdout_every", check_positive_int("holdout_every", self.holdout_every))
         self._refuse_idle_options()
         if self.fallback is not None:
-            if not isinstance(self.fallback, Rule) or self.fallback.reference == "holdout":
-                raise ValueError("fallback must be a Rule whose reference is not 'holdout' (it stands in "
-                                 f"when no held-out loss is given), got {self.fallback!r}.")
-            if self.reference != "holdout":
-                raise ValueError(f"fallback is only for reference='holdout' rules (this one: {self.reference!r}).")
+            if not isinstance(self.fallback, Rule) or self.fallback.needs_holdout:
+                raise ValueError(f"fallback must be a Rule whose reference is not {_holdout_references()} (it "
+                                 f"stands in when no held-out loss is given), got {self.fallback!r}.")
+            if not self.needs_holdout:
+                raise ValueError(f"fallback is only for reference={_holdout_references()} rules "
+                                 f"(this one: {self.reference!r}).")
 
     def _refuse_idle_options(self) -> None:
         """An option the rule would never read is an error, not a silent no-op."""
@@ -112,17 +134,23 @@ class Rule:
                 raise ValueError(f"on_conflict='ignore' never judges a conflict, so reference={self.reference!r} "
                                  "would never be computed (nor holdout= called): use reference='batch' "
                                  "(preset='vanilla'), or on_conflict='project' or 'drop'.")
-        if self.reference != "ema" and self.ema_decay != defaults["ema_decay"]:
-            raise ValueError(f"ema_decay is read by reference='ema' only; this rule's reference is "
-                             f"{self.reference!r}: drop ema_decay or set reference='ema'.")
-        if self.reference != "holdout" and self.holdout_every != defaults["holdout_every"]:
-            raise ValueError(f"holdout_every is read by reference='holdout' only; this rule's reference is "
-                             f"{self.reference!r}: drop holdout_every or set reference='holdout'.")
+        reads = REFERENCES[self.reference].reads
+        for option in OPTIONS_OF_REFERENCES:
+            if option not in reads and getattr(self, option) != defaults[option]:
+                readers = _readers(option)
+                raise ValueError(f"{option} is read by reference={readers} only; this rule's reference is "
+                                 f"{self.reference!r}: drop {option} or set reference={readers}.")
 
     @property
     def projects(self) -> bool:
-        """Whether the rule changes gO at all (False for the vanilla step)."""
-        return self.on_conflict != "ignore"
+        """Whether the rule changes gO at all (False for the vanilla step: its
+        :class:`~paddle_dtnh.conflict.ConflictRule` judges no conflict)."""
+        return ON_CONFLICT[self.on_conflict].judges_conflicts
+
+    @property
+    def needs_holdout(self) -> bool:
+        """Whether the reference needs ``DTNH(holdout=fn)``."""
+        return REFERENCES[self.reference].takes_holdout
 
     def replace(self, **changes) -> Rule:
         """A copy with ``changes`` applied (None included: ``max_reg_ratio=None`` lifts a cap)."""

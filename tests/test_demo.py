@@ -104,41 +104,70 @@ def test_demo_help_and_bad_arguments():
     assert bad.returncode == 2 and "--iterations must be positive" in bad.stderr
 
 
+def _table_cells(table: str, label: str) -> list:
+    """The cells of the accuracy table's row for ``label``'s column order."""
+    head = next(line for line in table.splitlines() if line.startswith("| target |"))
+    row = next(line for line in table.splitlines() if line.startswith("| digits |"))
+    columns = [c.strip() for c in head.strip("|").split("|")]
+    return dict(zip(columns, [c.strip() for c in row.strip("|").split("|")]))[label]
+
+
 def test_transfer_matrix_resumes_and_writes_its_tables(tiny_source, tmp_path):
+    """Interrupted after its first run (and a line cut by a crash), the matrix
+    resumes to the table and results of an uninterrupted one; the table's
+    cells are the runs' accuracies."""
     _, source = tiny_source
-    out = tmp_path / "matrix"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "transfer_matrix.py"), "--sources", source,
-           "--targets", "digits", "--methods", "l2sp", "dtnh_l2sp", "--seeds", "1", "--iterations", "2",
-           "--per-class", "2", "--batch-size", "8", "--image-size", "16", "--output", str(out), "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "2 runs, 0 already done" in first.stdout
-    lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 2
-    with open(out / "runs.jsonl", "a") as f:  # a line cut by a crash is dropped and redone
+
+    def matrix(out, methods, *extra):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "transfer_matrix.py"), "--sources", source,
+               "--targets", "digits", "--methods", *methods, "--seeds", "1", "--iterations", "2",
+               "--per-class", "2", "--batch-size", "8", "--image-size", "16", "--output", str(out),
+               "--no-progress", *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    both = ["l2sp", "dtnh_l2sp"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert "2 runs, 0 already done" in matrix(straight, both)
+    assert "1 runs, 0 already done" in matrix(resumed, both[:1])  # the interruption
+    with open(resumed / "runs.jsonl", "a") as f:  # a line cut by a crash is dropped and redone
         f.write('{"key": "trunc')
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "2 runs, 2 already done" in second.stdout
-    table = (out / "table.md").read_text()
-    assert "| DTNH (L2-SP) |" in table and "DTNH - vanilla (points)" in table
-    runs = json.loads((out / "results.json").read_text())["runs"]
-    assert sorted(r["method"] for r in runs) == ["dtnh_l2sp", "l2sp"]
-    (out / "table.md").unlink()
-    report = subprocess.run(cmd + ["--report-only"], capture_output=True, text=True, timeout=600)
-    assert report.returncode == 0, report.stderr[-2000:]
-    assert "2 runs, 2 already done" in report.stdout and "| goal |" in (out / "table.md").read_text()
+    assert "2 runs, 1 already done" in matrix(resumed, both)
+
+    by_method = {}
+    for out in (straight, resumed):
+        runs = json.loads((out / "results.json").read_text())["runs"]
+        by_method[out] = {r["method"]: r["test_accuracy"] for r in runs}
+    assert by_method[straight] == by_method[resumed] and set(by_method[straight]) == set(both)
+    table = (resumed / "table.md").read_text()
+    assert table == (straight / "table.md").read_text()
+    for method, label in (("l2sp", "L2-SP"), ("dtnh_l2sp", "DTNH (L2-SP)")):
+        assert _table_cells(table, label) == f"{100 * by_method[resumed][method]:.2f} ± 0.00 (n=1)"
+    assert "DTNH - vanilla (points)" in table
+    (resumed / "table.md").unlink()
+    assert "2 runs, 2 already done" in matrix(resumed, both, "--report-only")
+    assert (resumed / "table.md").read_text() == table  # the report alone rewrites the same table
 
 
 def test_the_paddlehub_network_runs_through_the_harness(tmp_path):
-    """--arch resnet18_vd: pretraining, KnowDist's default layers and DTNH."""
+    """--arch resnet18_vd: pretraining, KnowDist's default layers and DTNH;
+    the run's accuracy row is its last evaluation, and its records are those
+    of a network that trained."""
     path = pretrain_source("digits", cache_dir=str(tmp_path), image_size=16, max_images=32, batch_size=32,
                            progress=False, arch="resnet18_vd")
     cfg = RunConfig(arch="resnet18_vd", iterations=2, batch_size=8, per_class=2, image_size=16,
                     eval_interval=2, stats_interval=1, max_test=20)
     for method in ("dtnh_l2sp@never_hurt", "dtnh_knowdist"):
         result = run_transfer(method, path, load_dataset("digits"), cfg, seed=0, progress=False)
-        assert result["diagnostics"]["step"] == [1, 2]
+        diag, curve = result["diagnostics"], result["curve"]
+        assert diag["step"] == [1, 2] and curve["iteration"] == [0, 2]
+        assert result["test_accuracy"] == curve["test_accuracy"][-1]
+        assert all(abs(20 * a - round(20 * a)) < 1e-6 for a in curve["test_accuracy"])  # right of 20 images
+        assert result["test_loss"] == curve["test_loss"][-1] and np.isfinite(curve["test_loss"]).all()
+        assert curve["train_loss"][-1] != curve["train_loss"][0]  # the vd network trained
+        # the pull toward the source: zero at the source, positive once the weights (or features) moved
+        assert diag["reg_loss"][-1] > 0 and all(0.0 <= c <= 1.0 for c in diag["blocks_in_conflict"])
     wrong = RunConfig(arch="resnet18", iterations=1, batch_size=8, per_class=2, image_size=16, max_test=20)
     with pytest.raises(ValueError, match="holds no resnet18 weights"):
         run_transfer("l2sp", path, load_dataset("digits"), wrong, seed=0, progress=False)

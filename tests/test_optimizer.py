@@ -409,13 +409,15 @@ def test_a_preset_cap_can_be_switched_off():
     assert resolve_rule("never_hurt", max_reg_ratio=None) == PRESETS["never_hurt"].replace(max_reg_ratio=None)
 
 
-def test_the_0_1_arguments_are_gone():
+def test_an_unregistered_rule_or_reference_is_refused_naming_the_registered_ones():
+    """Names are checked against the registries when DTNH is built, not
+    found missing at the first step."""
     _, net = perturbed_pair()
     inner = lambda: paddle.optimizer.SGD(0.1, parameters=net.parameters())  # noqa: E731
-    for old in (dict(rule="drop"), dict(project=False)):
-        with pytest.raises(TypeError, match="unexpected keyword"):
-            DTNH(inner(), lam=1.0, **old)
-    assert not hasattr(DTNH(inner(), lam=1.0), "project")
+    with pytest.raises(ValueError, match="Invalid on_conflict: 'mask'; expected one of 'project', 'drop', 'ignore'"):
+        DTNH(inner(), lam=1.0, on_conflict="mask")
+    with pytest.raises(ValueError, match="Invalid reference: 'next'; expected one of 'batch', 'ema', 'holdout'"):
+        DTNH(inner(), lam=1.0, reference="next")
 
 
 def test_paper_preset_equals_the_default_step_for_step():

@@ -11,11 +11,11 @@ from paddle_dtnh import Rule
 from paddle_dtnh.projection import dtnh_direction
 
 
-def direction(task, reg, lam, *, granularity="global", rule="project", project=True, max_reg_ratio=None,
-              reference_grads=None, **kw):
+def direction(task, reg, lam, *, granularity="global", on_conflict="project", max_reg_ratio=None,
+              reference=None, **kw):
     """dtnh_direction with the rule's fields as keywords (the tests' grid)."""
-    spec = Rule(granularity=granularity, on_conflict=rule if project else "ignore", max_reg_ratio=max_reg_ratio)
-    return dtnh_direction(task, reg, lam, spec, reference=reference_grads, **kw)
+    spec = Rule(granularity=granularity, on_conflict=on_conflict, max_reg_ratio=max_reg_ratio)
+    return dtnh_direction(task, reg, lam, spec, reference=reference, **kw)
 
 
 def T(values):
@@ -47,7 +47,7 @@ def test_conflict_oblique_case_by_hand():
 
 
 def test_project_false_is_vanilla_even_in_conflict():
-    d = directions_np([[1.0, 0.0]], [[-1.0, 1.0]], lam=2.0, project=False)
+    d = directions_np([[1.0, 0.0]], [[-1.0, 1.0]], lam=2.0, on_conflict="ignore")
     np.testing.assert_allclose(d[0], [-1.0, 2.0])
 
 
@@ -184,7 +184,7 @@ def test_small_angles_are_precise():
 def test_layer_drop_by_hand():
     # tensor 0 conflicts (<gJ,gO> = -1): its whole gO goes; tensor 1 keeps it
     d = directions_np([[1.0, 0.0], [1.0, 0.0]], [[-1.0, 1.0], [3.0, 0.0]], lam=1.0,
-                      granularity="layer", rule="drop")
+                      granularity="layer", on_conflict="drop")
     np.testing.assert_allclose(d[0], [1.0, 0.0])
     np.testing.assert_allclose(d[1], [4.0, 0.0])
 
@@ -192,10 +192,10 @@ def test_layer_drop_by_hand():
 def test_global_drop_by_hand():
     task = [[1.0, 0.0], [1.0, 0.0]]
     # total <gJ, gO> = -1 + 3 = 2 >= 0: nothing dropped
-    d = directions_np(task, [[-1.0, 1.0], [3.0, 0.0]], lam=1.0, granularity="global", rule="drop")
+    d = directions_np(task, [[-1.0, 1.0], [3.0, 0.0]], lam=1.0, granularity="global", on_conflict="drop")
     np.testing.assert_allclose(d[0], [0.0, 1.0])
     # total -1 + 0.5 < 0: every gO dropped, d = gJ
-    d = directions_np(task, [[-1.0, 1.0], [0.5, 0.0]], lam=1.0, granularity="global", rule="drop")
+    d = directions_np(task, [[-1.0, 1.0], [0.5, 0.0]], lam=1.0, granularity="global", on_conflict="drop")
     np.testing.assert_allclose(np.concatenate(d), [1.0, 0.0, 1.0, 0.0])
 
 
@@ -203,17 +203,17 @@ def test_global_drop_by_hand():
 def test_coordinate_by_hand(rule):
     # r_i * gO_i: -1 (removed), 2, 0 (kept: no conflict), -6 (removed)
     d = directions_np([[1.0, -2.0, 0.0, 3.0]], [[-1.0, -1.0, 5.0, -2.0]], lam=2.0,
-                      granularity="coordinate", rule=rule)
+                      granularity="coordinate", on_conflict=rule)
     np.testing.assert_allclose(d[0], [1.0, -4.0, 10.0, 3.0])
 
 
 def test_reference_other_than_the_batch_gradient_by_hand():
     gJ, gO, r = [T([1.0, 0.0])], [T([1.0, -1.0])], [T([0.0, 1.0])]
     # <r, gO> = -1: project removes -1 * r from gO -> (1, 0); d = gJ + gO'
-    d, stats = direction(gJ, gO, lam=1.0, reference_grads=r, with_stats=True)
+    d, stats = direction(gJ, gO, lam=1.0, reference=r, with_stats=True)
     np.testing.assert_allclose(d[0].numpy(), [2.0, 0.0])
     assert float(stats["conflict"]) == 1.0  # judged against r, though <gJ, gO> > 0
-    d, _ = direction(gJ, gO, lam=1.0, reference_grads=r, rule="drop", granularity="layer")
+    d, _ = direction(gJ, gO, lam=1.0, reference=r, on_conflict="drop", granularity="layer")
     np.testing.assert_allclose(d[0].numpy(), [1.0, 0.0])
 
 
@@ -223,9 +223,9 @@ def test_bad_inputs_name_the_index():
     with pytest.raises(ValueError, match=r"Gradient 0: .*float64.*float32"):
         direction([T([1.0])], [paddle.to_tensor([1.0], dtype="float32")], lam=1.0)
     with pytest.raises(ValueError, match="different lengths"):
-        direction([T([1.0])], [T([1.0])], lam=1.0, reference_grads=[])
+        direction([T([1.0])], [T([1.0])], lam=1.0, reference=[])
     with pytest.raises(ValueError, match="Invalid on_conflict: 'mask'"):
-        direction([T([1.0])], [T([1.0])], lam=1.0, rule="mask")
+        direction([T([1.0])], [T([1.0])], lam=1.0, on_conflict="mask")
     with pytest.raises(ValueError, match="Invalid rule: 'mask'; expected a paddle_dtnh.Rule or a preset"):
         dtnh_direction([T([1.0])], [T([1.0])], 1.0, "mask")
     for eps in (0.0, -1.0):
@@ -256,8 +256,8 @@ def test_every_rule_keeps_each_block_from_fighting_its_reference(vs, lam, grid, 
     j1, j2, o1, o2 = vs
     rng = np.random.default_rng(seed)
     ref = None if batch_ref else [rng.normal(size=j1.shape) * 3, rng.normal(size=j2.shape) * 3]
-    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule,
-                          reference_grads=None if ref is None else [T(x) for x in ref])
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, on_conflict=rule,
+                          reference=None if ref is None else [T(x) for x in ref])
     r = [j1, j2] if ref is None else ref
     reg_kept = [(di.numpy() - ji) / lam for di, ji in zip(d, (j1, j2))]
     tol = 1e-7 * (1 + np.sum(np.square([*j1, *j2, *o1, *o2]))) * (1 + np.abs(np.concatenate(r)).max())
@@ -274,7 +274,7 @@ def test_no_rule_changes_a_regularizer_gradient_without_conflict(vs, lam, grid):
     j1, j2, o1, o2 = vs
     # gO_i with the sign of gJ_i: no coordinate, tensor or total conflicts
     o1, o2 = np.abs(o1) * np.sign(j1), np.abs(o2) * np.sign(j2)
-    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    d, _ = direction(_split(j1, j2), _split(o1, o2), lam=lam, granularity=granularity, on_conflict=rule)
     np.testing.assert_allclose(np.concatenate([x.numpy() for x in d]),
                                np.concatenate([j1, j2]) + lam * np.concatenate([o1, o2]), atol=1e-12)
 
@@ -287,9 +287,9 @@ def test_every_rule_is_idempotent(vs, lam, grid):
     blocks = [np.concatenate([j1, j2])] if granularity == "global" else [j1, j2]
     assume(all(np.dot(b, b) == 0 or np.dot(b, b) > 1e-12 for b in blocks))
     task = _split(j1, j2)
-    d, _ = direction(task, _split(o1, o2), lam=lam, granularity=granularity, rule=rule)
+    d, _ = direction(task, _split(o1, o2), lam=lam, granularity=granularity, on_conflict=rule)
     kept = [(di - ti) / lam for di, ti in zip(d, task)]
-    d2, _ = direction(task, kept, lam=lam, granularity=granularity, rule=rule)
+    d2, _ = direction(task, kept, lam=lam, granularity=granularity, on_conflict=rule)
     scale = 1 + np.abs(np.concatenate([j1, j2, o1, o2])).max()
     for a, b in zip(d, d2):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9 * scale * (1 + lam))
@@ -302,7 +302,7 @@ def test_every_rule_inplace_equals_out_of_place(vs, lam, grid, batch_ref):
     granularity, rule = grid
     j1, j2, o1, o2 = vs
     ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
-    kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
+    kw = dict(lam=lam, granularity=granularity, on_conflict=rule, reference=ref)
     expected, _ = direction(_split(j1, j2), [None, T(o2)], **kw)
     task = _split(j1, j2)
     got, _ = direction(task, [None, T(o2)], inplace=True, **kw)
@@ -321,8 +321,8 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref, cap):
     ref = None if batch_ref else [rng.normal(size=(3, 2)), rng.normal(size=4), rng.normal(size=2)]
     lam = 0.7
     d, stats = direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
-                              granularity=granularity, rule=rule, with_stats=True, max_reg_ratio=cap,
-                              reference_grads=None if ref is None else [T(x) for x in ref])
+                              granularity=granularity, on_conflict=rule, with_stats=True, max_reg_ratio=cap,
+                              reference=None if ref is None else [T(x) for x in ref])
     flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])
     reg_full = [np.zeros(2) if r is None else r for r in reg]
     gj, go, dd = flat(task), flat(reg_full), flat([x.numpy() for x in d])
@@ -336,8 +336,8 @@ def test_stats_match_numpy_for_every_rule(granularity, rule, batch_ref, cap):
         judged = [np.dot(r, go) < 0]
     if cap is not None:  # the pull is capped where the rule kept one
         free, _ = direction([T(t) for t in task], [None if r is None else T(r) for r in reg], lam=lam,
-                                 granularity=granularity, rule=rule,
-                                 reference_grads=None if ref is None else [T(x) for x in ref])
+                                 granularity=granularity, on_conflict=rule,
+                                 reference=None if ref is None else [T(x) for x in ref])
         free_pull = np.linalg.norm(flat([x.numpy() for x in free]) - gj)
         np.testing.assert_allclose(np.linalg.norm(dd - gj), min(free_pull, cap * np.linalg.norm(gj)), rtol=1e-9)
     v = gj + lam * go
@@ -382,7 +382,7 @@ def test_cap_scales_the_kept_pull_down_to_the_ratio(vs, lam, grid, batch_ref, ra
     granularity, rule = grid
     j1, j2, o1, o2 = vs
     ref = None if batch_ref else [T(o1 - j1), T(j2 + 1.0)]
-    kw = dict(lam=lam, granularity=granularity, rule=rule, reference_grads=ref)
+    kw = dict(lam=lam, granularity=granularity, on_conflict=rule, reference=ref)
     free, _ = direction(_split(j1, j2), _split(o1, o2), **kw)
     capped, _ = direction(_split(j1, j2), _split(o1, o2), max_reg_ratio=ratio, inplace=True, **kw)
     gj = np.concatenate([j1, j2])

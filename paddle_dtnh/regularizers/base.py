@@ -52,6 +52,38 @@ class TransferRegularizer(paddle.nn.Layer):
     persistable: ``reg.to(...)`` moves them with the loss, and
     ``reg.state_dict()`` stays empty (the source is an input, given again
     when the loss is built).
+
+    What ``forward`` takes depends on what :math:`\Omega` reads, so the two
+    families' signatures differ, and :meth:`run` is the one call every loop
+    makes: a weight loss's ``forward()`` takes nothing (:math:`\Omega` reads
+    the weights only; the base :meth:`run` is ``self._model(x), self()``); a
+    feature-map loss's ``forward(x, target_features)`` takes the batch and the
+    features the target's forward produced (its :meth:`run` captures them
+    during that forward). So a custom loss that needs its input (the batch,
+    the output, captured features) overrides :meth:`run` to compute
+    ``output`` once and pass what ``forward`` needs; the base :meth:`run`
+    would call ``forward()`` with no argument.
+
+    Examples:
+        .. code-block:: python
+
+            >>> import paddle
+            >>> from paddle_dtnh.regularizers import TransferRegularizer
+            >>> class OutputPull(TransferRegularizer):  # Omega = mean(output ** 2): it needs the input
+            ...     def __init__(self, model):
+            ...         super().__init__()
+            ...         self._set_model(model)
+            ...     def regularized_parameters(self):
+            ...         return [p for p in self.model.parameters() if not p.stop_gradient]
+            ...     def forward(self, output):
+            ...         return (output ** 2).mean()
+            ...     def run(self, x):
+            ...         output = self.model(x)
+            ...         return output, self(output)
+            >>> reg = OutputPull(paddle.nn.Linear(4, 3))
+            >>> output, omega = reg.run(paddle.ones([2, 4]))
+            >>> list(output.shape), list(omega.shape)
+            ([2, 3], [])
     """
 
     #: whether ``closed_form_grads()`` gives :math:`g_\\Omega` without ``omega`` (weight regularizers)

@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from ..._construction import check_owned
 from ..._layers import loss_and_accuracy
 from ...optimizer import DTNH
 
@@ -55,13 +56,9 @@ class TransferTask(paddle.nn.Layer):
         super().__init__()
         if not isinstance(optimizer, DTNH):
             raise TypeError(f"optimizer must be a paddle_dtnh.DTNH, got {type(optimizer).__name__}.")
-        owned = {id(p) for p in optimizer.parameters}
-        foreign = [n for n, p in model.named_parameters() if not p.stop_gradient and id(p) not in owned]
-        if foreign:
-            raise ValueError(
-                f"The optimizer does not own {len(foreign)} trainable parameter(s) of the model "
-                f"(e.g. {foreign[:3]}): build it over this model's parameters."
-            )
+        check_owned(optimizer.parameters, [(n, p) for n, p in model.named_parameters() if not p.stop_gradient],
+                    what="The optimizer does not own {n} trainable parameter(s) of the model (e.g. {names}):",
+                    fix="build it over this model's parameters.")
         reg = optimizer.regularizer
         if reg is not None and reg.model is not model:
             raise ValueError("The regularizer was built on another model than the one given here.")
