@@ -302,8 +302,18 @@ class DTNH(compat.OptimizerFacade):
     def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None, *, scaler=None) -> dict:
         """Explicit mode: one DTNH step from this batch's losses.
 
+        ``loss`` must be unscaled: under mixed precision pass ``scaler=``
+        rather than ``scaler.scale(loss)``, which would weigh J against
+        Omega by the loss scale and step along a wrong direction.
+
+        An empty batch is a ``ValueError`` before anything changes: the
+        batch size is read from the shape of the model's last training
+        forward (a Python int, no device sync), since the scalar loss of
+        an empty batch (NaN under mean reduction) no longer shows it.
+
         Args:
-            loss (Tensor): the empirical loss J on the batch (not J + lam*Omega).
+            loss (Tensor): the empirical loss J on the batch (not J + lam*Omega),
+                unscaled.
             omega (Tensor, optional): the regularizer's value on the same
                 forward pass (``reg.run(x)[1]``). Weight regularizers may omit
                 it (their gradient is known in closed form); feature-map

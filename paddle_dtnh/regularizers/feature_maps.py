@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
-from .._checks import as_array, check_nonnegative
+from .._checks import as_array, check_nonnegative, check_not_empty_batch
 from ..io.files import read_state_dict
 from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
 
@@ -135,7 +135,11 @@ class FeatureMapRegularizer(TransferRegularizer):
         Returns:
             tuple: ``(output, reg_loss)``: the target's output (logits) and
             :math:`\\Omega` on this batch, sharing one graph.
+
+        Raises:
+            ValueError: ``x`` holds no images (read from its shape: no device sync).
         """
+        check_not_empty_batch(x, f"{type(self).__name__}.run(x)")
         with self.capture() as features:
             output = self._model(x)
         return output, self(x, features)
