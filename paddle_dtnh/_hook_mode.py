@@ -249,6 +249,18 @@ class HookLoop:
 
     def step(self, loss=None):
         self.pending.check_batch("step()")
+        if loss is not None and self.dtnh._aux.get("found_inf") is not None:
+            # GradScaler.minimize(opt, loss) hands on its argument, which paddle.Model's AMP and Paddle's
+            # examples scale: logged, it would be the task loss times the loss scale
+            loss = None
+            if self._noted_loss is None and self.dtnh.logger is not None and not self._warned_no_loss:
+                self._warned_no_loss = True
+                warnings.warn(
+                    "DTNH.minimize() got its loss from GradScaler.minimize, which is scaled by the loss "
+                    "scale, so it is not logged as the task loss (the step uses the unscaled gradients). Call "
+                    "opt.note_task_loss(loss) with the unscaled loss before scaler.minimize to log it.",
+                    stacklevel=3,
+                )
         loss = loss if loss is not None else self._noted_loss
         self._noted_loss = None
         if loss is None and self.dtnh.logger is not None and not self._warned_no_loss:

@@ -382,7 +382,10 @@ class DTNH(compat.OptimizerFacade):
         """What Paddle's dygraph ``minimize`` does after ``loss.backward()``:
         step with the gradients in ``p.grad`` (here: :meth:`step`). Returns
         ``(None, [(param, direction), ...])`` as Paddle's does, for
-        ``GradScaler.minimize`` and ``paddle.Model``."""
+        ``GradScaler.minimize`` and ``paddle.Model``. The loss
+        ``GradScaler.minimize`` hands on is scaled: it is not logged (the
+        one given to :meth:`note_task_loss` is), with a warning once when a
+        logger is attached."""
         self.step(loss)
         return None, [(p, p.grad) for p in self._params if not p.stop_gradient and compat.has_grad(p)]
 

@@ -5,6 +5,7 @@ applies the same direction as the unscaled step."""
 
 import contextlib
 import copy
+import warnings
 
 import numpy as np
 import paddle
@@ -476,3 +477,37 @@ def test_many_dtnhs_on_one_model_leave_no_hooks_behind():
         DTNH(paddle.optimizer.SGD(0.1, parameters=model.parameters()), reg, lam=1.0)
     gc.collect()
     assert len(model._forward_post_hooks) == hooks
+
+
+@pytest.mark.parametrize("noted", [False, True])
+def test_the_scaled_loss_gradscaler_minimize_hands_on_is_not_logged(noted):
+    from paddle_dtnh.diagnostics import StepLogger
+
+    class Recorder(StepLogger):
+        def __init__(self):
+            self.losses = []
+
+        def on_step(self, dtnh, stats):
+            self.losses.append(stats.get("task_loss"))
+
+    model, reg, opt = setup("KnowDist", lr=0.5)
+    opt.logger = Recorder()
+    scaler = forced_scaler(init_loss_scaling=1024.0)
+    x, y = data(1)[0]
+    out, omega = reg.run(x)
+    opt.regularize(omega)
+    loss = F.cross_entropy(out, y)
+    if noted:
+        opt.note_task_loss(loss)
+    scaled = scaler.scale(loss)
+    scaled.backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler.minimize(opt, scaled)  # what paddle.Model's AMP path calls
+    said = [str(w.message) for w in caught if "scaled by the loss scale" in str(w.message)]
+    assert opt.num_steps == 1 and len(said) == (0 if noted else 1), said
+    logged = opt.logger.losses[0]
+    if noted:
+        np.testing.assert_allclose(float(logged), float(loss), rtol=1e-6)
+    else:
+        assert logged is None or not np.isclose(float(logged), 1024.0 * float(loss))
