@@ -61,10 +61,11 @@ def as_array(value) -> np.ndarray:
 
 
 def check_not_empty_batch(x, where: str) -> None:
-    """ValueError when the batch ``x`` has no images. Reads the shape, a
+    """ValueError when the batch ``x`` (a Tensor) has no images. Reads the shape, a
     Python int: no device sync. An empty batch's mean loss is NaN (0/0) and
     its gradient zero: a step on it would only advance counters and state."""
-    if x is not None and len(x.shape) > 0 and x.shape[0] == 0:
+    shape = getattr(x, "shape", None)  # other inputs (a list of tensors, a dict) pass: the model reads them
+    if shape is not None and len(shape) > 0 and shape[0] == 0:
         raise ValueError(f"{where} got an empty batch (shape {list(x.shape)}): nothing to learn from, and its "
-                         "mean loss is NaN. Skip empty batches (e.g. DataLoader(drop_last=True) or a check of "
-                         "len(batch) in the loop). Weights, optimizer state and counters are unchanged.")
+                         "mean loss is NaN. Skip empty batches in the loop (e.g. "
+                         "if x.shape[0] == 0: continue). Weights, optimizer state and counters are unchanged.")

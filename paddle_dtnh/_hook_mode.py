@@ -113,8 +113,8 @@ class PendingRegularizer:
         if self.last_batch == 0:  # until the next training forward
             raise ValueError(
                 f"{where} got an empty batch (0 images in the model's last forward): nothing to learn from, "
-                "and its mean loss is NaN. Skip empty batches (e.g. DataLoader(drop_last=True) or a check of "
-                "len(batch) in the loop). Weights, optimizer state and counters are unchanged.")
+                "and its mean loss is NaN. Skip empty batches in the loop (e.g. "
+                "if x.shape[0] == 0: continue). Weights, optimizer state and counters are unchanged.")
 
     @property
     def active(self) -> bool:
