@@ -58,3 +58,14 @@ def check_choice(name: str, value, choices) -> None:
 def as_array(value) -> np.ndarray:
     """A Tensor, array or list as a numpy array (for constants built once)."""
     return value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+
+
+def check_not_empty_batch(x, where: str) -> None:
+    """ValueError when the batch ``x`` (a Tensor) has no images. Reads the shape, a
+    Python int: no device sync. An empty batch's mean loss is NaN (0/0) and
+    its gradient zero: a step on it would only advance counters and state."""
+    shape = getattr(x, "shape", None)  # other inputs (a list of tensors, a dict) pass: the model reads them
+    if shape is not None and len(shape) > 0 and shape[0] == 0:
+        raise ValueError(f"{where} got an empty batch (shape {list(x.shape)}): nothing to learn from, and its "
+                         "mean loss is NaN. Skip empty batches in the loop (e.g. "
+                         "if x.shape[0] == 0: continue). Weights, optimizer state and counters are unchanged.")

@@ -28,6 +28,7 @@ class ExplicitLoop:
             raise RuntimeError(
                 "update() was called while regularize() results are pending for step(): use one loop per "
                 "optimizer (explicit: update(loss, omega); hook: regularize(omega), loss.backward(), step()).")
+        self.dtnh._hook.pending.check_batch("update()")
         self.dtnh._hook.pending.take_anchor()  # only hook mode pairs a forward with its backward
         params = self.dtnh._trainable()
         scale = amp.scale_of(scaler)

@@ -55,6 +55,17 @@ def _graph_tensor(output):
     return next((t for t in map(_graph_tensor, values) if t is not None), None)
 
 
+def _remove_all(handles) -> None:
+    for handle in handles:
+        handle.remove()
+
+
+def _batch_size(inputs):
+    """The leading dimension of a forward's first tensor input, or None."""
+    first = next((t for t in inputs if isinstance(t, paddle.Tensor)), None) if isinstance(inputs, tuple) else inputs
+    return first.shape[0] if isinstance(first, paddle.Tensor) and first.ndim > 0 else None
+
+
 class PendingRegularizer:
     """gO summed over the micro-batches since the last step, with the checks above."""
 
@@ -62,25 +73,48 @@ class PendingRegularizer:
         self._dtnh = dtnh
         self._hooked = set()  # id(param) with a counting hook
         self._handles = []  # removed with this object: re-wrapping a model leaves no hooks behind
+        # a finalizer, not __del__: it holds the handles itself, so it runs and removes them also when
+        # this object dies in a reference cycle (200 DTNHs on one model left dead hooks on it)
+        weakref.finalize(self, _remove_all, self._handles)
         self._counts = {}  # id(param) -> backward passes that reached it
         self._last_output = None  # the regularizer model's last output with a graph
+        self.last_batch = None  # images in the model's last forward with a graph (a Python int)
         self.clear()
         reg = dtnh.regularizer
+        anchored = reg is not None and not reg.has_closed_form and reg.model is not None
         if reg is not None:
             for p in dtnh.parameters:
                 self._hook(p)
-            if not reg.has_closed_form and reg.model is not None:
-                self._watch_forwards(reg.model)
+            if anchored:
+                self._watch_forwards(reg.model, anchor=True)
+        if dtnh.model is not None and not (anchored and dtnh.model is reg.model):
+            self._watch_forwards(dtnh.model, anchor=False)
 
-    def _watch_forwards(self, model) -> None:
+    def _watch_forwards(self, model, anchor: bool) -> None:
         owner = weakref.ref(self)
 
         def keep(layer, inputs, output):
             me = owner()
-            if me is not None:
-                me._last_output = _graph_tensor(output)
+            if me is None:
+                return
+            graph = _graph_tensor(output)
+            if anchor:
+                me._last_output = graph
+            if graph is not None:  # a training forward, not an evaluation under no_grad
+                me.last_batch = _batch_size(inputs)
 
         self._handles.append(model.register_forward_post_hook(keep))
+
+    def check_batch(self, where: str) -> None:
+        """ValueError, before anything changes, when the last training forward
+        had no images: its mean loss is NaN (0/0) and its gradient zero, so a
+        step would only advance the counters and the optimizer's state. The
+        batch size comes from the input's shape, a Python int: no device sync."""
+        if self.last_batch == 0:  # until the next training forward
+            raise ValueError(
+                f"{where} got an empty batch (0 images in the model's last forward): nothing to learn from, "
+                "and its mean loss is NaN. Skip empty batches in the loop (e.g. "
+                "if x.shape[0] == 0: continue). Weights, optimizer state and counters are unchanged.")
 
     @property
     def active(self) -> bool:
@@ -103,10 +137,6 @@ class PendingRegularizer:
 
         self._handles.append(param.register_hook(count))
         self._hooked.add(key)
-
-    def __del__(self):
-        for handle in getattr(self, "_handles", ()):
-            handle.remove()
 
     def take_anchor(self) -> list:
         """The last forward's output, handed over once: its backward marks the token."""
@@ -197,6 +227,7 @@ class HookLoop:
     def regularize(self, omega, *, scaler=None):
         if self.dtnh.regularizer is None:
             raise ValueError("regularize() was called but this DTNH has no regularizer.")
+        self.pending.check_batch("regularize()")
         params = self.dtnh._trainable()
         scale = amp.scale_of(scaler)
         try:
@@ -217,6 +248,19 @@ class HookLoop:
         self._noted_loss = loss.detach()
 
     def step(self, loss=None):
+        self.pending.check_batch("step()")
+        if loss is not None and self.dtnh._aux.get("found_inf") is not None:
+            # GradScaler.minimize(opt, loss) hands on its argument, which paddle.Model's AMP and Paddle's
+            # examples scale: logged, it would be the task loss times the loss scale
+            loss = None
+            if self._noted_loss is None and self.dtnh.logger is not None and not self._warned_no_loss:
+                self._warned_no_loss = True
+                warnings.warn(
+                    "DTNH.minimize() got its loss from GradScaler.minimize, which is scaled by the loss "
+                    "scale, so it is not logged as the task loss (the step uses the unscaled gradients). Call "
+                    "opt.note_task_loss(loss) with the unscaled loss before scaler.minimize to log it.",
+                    stacklevel=3,
+                )
         loss = loss if loss is not None else self._noted_loss
         self._noted_loss = None
         if loss is None and self.dtnh.logger is not None and not self._warned_no_loss:

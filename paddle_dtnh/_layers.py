@@ -17,28 +17,36 @@ IMAGE_SPEC = (paddle.static.InputSpec(shape=[None, 3, None, None], dtype="float3
 @contextlib.contextmanager
 def evaluating(model: paddle.nn.Layer):
     """``model`` in eval mode inside the block (BatchNorm on its running
-    statistics, no dropout), back in the mode it had afterwards, also when
-    the block raises.
+    statistics, no dropout), every sublayer back in the mode it had
+    afterwards, also when the block raises.
+
+    Each layer's own ``training`` flag is restored, not the model's alone: a
+    network in train mode whose BatchNorm layers were put in eval (frozen
+    statistics) comes back with them still in eval. Nothing else is touched.
 
     Examples:
         .. code-block:: python
 
             >>> import paddle
             >>> from paddle_dtnh._layers import evaluating
-            >>> net = paddle.nn.BatchNorm1D(2)
+            >>> net = paddle.nn.Sequential(paddle.nn.Linear(2, 2), paddle.nn.BatchNorm1D(2))
+            >>> _ = net.train()
+            >>> _ = net[1].eval()  # frozen statistics
             >>> with evaluating(net):
             ...     net.training
             False
-            >>> net.training
-            True
+            >>> net.training, net[1].training
+            (True, False)
     """
-    was_training = model.training
+    modes = [(layer, layer.training) for layer in model.sublayers(include_self=True)]
     model.eval()
     try:
         yield model
     finally:
-        if was_training:
-            model.train()
+        if modes[0][1]:
+            model.train()  # Paddle's dygraph train mode back too, as before the block
+        for layer, training in modes:
+            layer.training = training
 
 
 def loss_and_accuracy(logits: paddle.Tensor, labels: paddle.Tensor):

@@ -52,6 +52,14 @@ def stable_names(params, model) -> list:
     return [named.get(id(p), f"#{i}") for i, p in enumerate(params)]
 
 
+def _value_for(var, value):
+    """``value`` (Tensor or array) in ``var``'s dtype; a Tensor through astype,
+    never ``paddle.to_tensor(tensor)``, which warns about copy construction."""
+    if isinstance(value, paddle.Tensor):
+        return value if value.dtype == var.dtype else value.astype(var.dtype)
+    return paddle.to_tensor(value, dtype=var.dtype, place=var.place)
+
+
 class StructuredState:
     """The state of ``inner`` over ``params``, keyed by ``names``.
 
@@ -158,13 +166,13 @@ class StructuredState:
             for name, per_acc in accumulators.items():
                 for acc, value in per_acc.items():
                     var = variables[(name, acc)]
-                    var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
+                    var.set_value(_value_for(var, value))
         masters = saved.get("master_weights", {})
         if masters:
             variables = self._masters()
             for name, value in masters.items():
                 var = variables[name]
-                var.set_value(paddle.to_tensor(value, dtype=var.dtype, place=var.place))
+                var.set_value(_value_for(var, value))
         other = saved.get("other", {})
         schedule = compat.learning_rate(self.inner)
         if isinstance(schedule, paddle.optimizer.lr.LRScheduler) and "LR_Scheduler" in other:

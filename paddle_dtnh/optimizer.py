@@ -310,8 +310,18 @@ class DTNH(compat.OptimizerFacade):
     def update(self, loss: paddle.Tensor, omega: paddle.Tensor | None = None, *, scaler=None) -> dict:
         """Explicit mode: one DTNH step from this batch's losses.
 
+        ``loss`` must be unscaled: under mixed precision pass ``scaler=``
+        rather than ``scaler.scale(loss)``, which would weigh J against
+        Omega by the loss scale and step along a wrong direction.
+
+        An empty batch is a ``ValueError`` before anything changes: the
+        batch size is read from the shape of the model's last training
+        forward (a Python int, no device sync), since the scalar loss of
+        an empty batch (NaN under mean reduction) no longer shows it.
+
         Args:
-            loss (Tensor): the empirical loss J on the batch (not J + lam*Omega).
+            loss (Tensor): the empirical loss J on the batch (not J + lam*Omega),
+                unscaled.
             omega (Tensor, optional): the regularizer's value on the same
                 forward pass (``reg.run(x)[1]``). Weight regularizers may omit
                 it (their gradient is known in closed form); feature-map
@@ -380,7 +390,10 @@ class DTNH(compat.OptimizerFacade):
         """What Paddle's dygraph ``minimize`` does after ``loss.backward()``:
         step with the gradients in ``p.grad`` (here: :meth:`step`). Returns
         ``(None, [(param, direction), ...])`` as Paddle's does, for
-        ``GradScaler.minimize`` and ``paddle.Model``."""
+        ``GradScaler.minimize`` and ``paddle.Model``. The loss
+        ``GradScaler.minimize`` hands on is scaled: it is not logged (the
+        one given to :meth:`note_task_loss` is), with a warning once when a
+        logger is attached."""
         self.step(loss)
         return None, [(p, p.grad) for p in self._params if not p.stop_gradient and compat.has_grad(p)]
 

@@ -51,8 +51,9 @@ __all__ = ["KeptPull", "dtnh_direction", "direction_stats"]
 
 
 def _check_aligned(task_grads, reg_grads, reference) -> paddle.Tensor:
-    """Lists of equal length whose tensors agree in shape, dtype and place,
-    index by index (metadata only: no host sync); returns one non-None tensor."""
+    """Lists of equal length whose tensors are floating point and agree in
+    shape, dtype and place, index by index (metadata only: no host sync);
+    returns one non-None tensor."""
     lists = {"task_grads": task_grads, "reg_grads": reg_grads}
     if reference is not None:
         lists["reference"] = reference
@@ -68,6 +69,11 @@ def _check_aligned(task_grads, reg_grads, reference) -> paddle.Tensor:
         if not present:
             continue
         first_name, first = present[0]
+        for name, g in present:
+            if not paddle.is_floating_point(g):
+                raise TypeError(
+                    f"Gradient {i}: {name} has dtype {g.dtype}; gradients must be floating point (float16, "
+                    "bfloat16, float32 or float64). Cast it (g.astype('float32')) or take it of a float parameter.")
         for name, g in present[1:]:
             if list(g.shape) != list(first.shape) or g.dtype != first.dtype or not compat.same_place(g.place, first.place):
                 raise ValueError(

@@ -142,10 +142,9 @@ def test_bad_attention_is_rejected():
     with pytest.raises(ValueError, match="summing to 1"):
         DELTA(target, source, layers=LAYERS, alpha=1.0, beta=0.0,
               attention={"block1": [1.0] * 3, "block2": [0.25] * 4})
-    reg = DELTA(target, source, layers=LAYERS, alpha=1.0, beta=0.0,
-                attention={"block1": [0.5, 0.5], "block2": [0.25] * 4})
-    with pytest.raises(ValueError, match="another network"):
-        reg.run(paddle.randn([1, 2, 4, 4]))
+    with pytest.raises(ValueError, match="'block1' has 3 output channels: the attention was computed for another"):
+        DELTA(target, source, layers=LAYERS, alpha=1.0, beta=0.0,
+              attention={"block1": [0.5, 0.5], "block2": [0.25] * 4})
 
 
 def test_source_is_frozen_and_not_saved():
@@ -203,3 +202,18 @@ def test_frozen_copy_leaves_the_original_alone():
     frozen = frozen_copy(net)
     assert net.training and not frozen.training
     assert not any(p.stop_gradient for p in net.fc.parameters())
+
+
+@pytest.mark.parametrize("given", [2, 4])
+def test_delta_checks_attention_against_the_layers_channels_at_construction(given):
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 3, 3, padding=1), paddle.nn.ReLU(),
+                                 paddle.nn.Sequential(paddle.nn.Conv2D(3, 3, 3), paddle.nn.BatchNorm2D(3),
+                                                      paddle.nn.ReLU()),
+                                 paddle.nn.AdaptiveAvgPool2D(1), paddle.nn.Flatten(), paddle.nn.Linear(3, 2))
+    attention = {"0": np.full(3, 1 / 3), "2": np.full(given, 1 / given)}
+    with pytest.raises(ValueError, match=f"attention\\['2'\\] has {given} weights but layer '2' has 3 output "
+                                         "channels"):
+        DELTA(model, copy.deepcopy(model), layers=["0", "2"], alpha=1.0, beta=0.0, head=["5"], attention=attention)
+    attention["2"] = np.full(3, 1 / 3)  # the right count builds
+    DELTA(model, copy.deepcopy(model), layers=["0", "2"], alpha=1.0, beta=0.0, head=["5"], attention=attention)

@@ -3,7 +3,9 @@ is an error with nothing changed, an omega without a path is refused, and
 mixed precision (a GradScaler forced on, as CPU Paddle switches it off)
 applies the same direction as the unscaled step."""
 
+import contextlib
 import copy
+import warnings
 
 import numpy as np
 import paddle
@@ -373,3 +375,139 @@ def test_auto_cast_around_the_forward_in_both_loops(mode, dtype):
         opt.step()
     for a, b in zip(weights(model), expected):
         np.testing.assert_array_equal(a, b)
+
+
+# -- an empty batch: a named error in every loop, before anything changes --------------------------------
+def _momentum_setup(kind):
+    paddle.seed(0)
+    source, model = pair()
+    reg = build(kind, model, source)
+    opt = DTNH(paddle.optimizer.Momentum(0.1, momentum=0.9, parameters=model.parameters()), reg, lam=2.0)
+    x, y = data(1)[0]
+    out, omega = reg.run(x)
+    opt.update(F.cross_entropy(out, y), omega)  # Momentum's state exists and would advance
+    return model, reg, opt
+
+
+def _snapshot(model, opt):
+    state = {k: v.numpy().copy() for k, v in flat_state(opt.state_dict())}
+    return weights(model), state, opt.num_steps, opt.skipped_steps
+
+
+def flat_state(state, prefix=""):
+    for k, v in state.items():
+        if isinstance(v, dict):
+            yield from flat_state(v, f"{prefix}{k}/")
+        elif isinstance(v, paddle.Tensor):
+            yield f"{prefix}{k}", v
+
+
+def _assert_as_before(model, opt, before):
+    w, state, steps, skipped = before
+    for a, b in zip(weights(model), w):
+        np.testing.assert_array_equal(a, b)
+    after = dict((k, v.numpy()) for k, v in flat_state(opt.state_dict()))
+    assert after.keys() == state.keys()
+    for k in state:
+        np.testing.assert_array_equal(after[k], state[k], err_msg=k)
+    assert (opt.num_steps, opt.skipped_steps) == (steps, skipped)
+
+
+def _empty():
+    return paddle.zeros([0, 2, 5, 5], paddle.get_default_dtype()), paddle.zeros([0], "int64")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("loop", ["run", "explicit", "hook"])
+def test_an_empty_batch_is_named_before_anything_changes(kind, loop):
+    model, reg, opt = _momentum_setup(kind)
+    before = _snapshot(model, opt)
+    x, y = _empty()
+    with pytest.raises(ValueError, match="empty batch"):
+        if loop == "run":
+            reg.run(x)
+        with reg.capture() if kind == "KnowDist" else contextlib.nullcontext() as features:
+            out = model(x)  # the user's own forward: the optimizer reads the batch from its shape
+        loss = F.cross_entropy(out, y)
+        omega = reg(x, features) if kind == "KnowDist" else reg()
+        if loop == "explicit":
+            opt.update(loss, omega)
+        else:
+            if kind == "KnowDist":
+                opt.regularize(omega)
+            loss.backward()
+            opt.step()
+    opt.clear_grad()
+    _assert_as_before(model, opt, before)
+    x, y = data(1, seed=2)[0]  # the next batch trains
+    out, omega = reg.run(x)
+    opt.update(F.cross_entropy(out, y), omega)
+    assert opt.num_steps == before[2] + 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("runner", ["hub.Trainer step", "paddle.Model"])
+def test_an_empty_batch_under_transfer_task_is_named(kind, runner):
+    model, reg, opt = _momentum_setup(kind)
+    before = _snapshot(model, opt)
+    task = TransferTask(model, opt)
+    x, y = _empty()
+    with pytest.raises(ValueError, match="empty batch"):
+        if runner == "paddle.Model":
+            hapi = paddle.Model(task)
+            hapi.prepare(opt, paddle.nn.CrossEntropyLoss())
+            hapi.train_batch([x], [y.reshape([-1, 1])])
+        else:
+            task.training_step((x, y), 0)
+            opt.step()
+    opt.clear_grad()
+    _assert_as_before(model, opt, before)
+
+
+def test_many_dtnhs_on_one_model_leave_no_hooks_behind():
+    import gc
+
+    from paddle_dtnh.regularizers import KnowDist
+
+    source, model = pair()
+    reg = KnowDist(model, source, layers=["block1"], head=["fc"])
+    gc.collect()
+    hooks = len(model._forward_post_hooks)
+    for _ in range(201):  # each dies in a reference cycle (DTNH <-> its loops)
+        DTNH(paddle.optimizer.SGD(0.1, parameters=model.parameters()), reg, lam=1.0)
+    gc.collect()
+    assert len(model._forward_post_hooks) == hooks
+
+
+@pytest.mark.parametrize("noted", [False, True])
+def test_the_scaled_loss_gradscaler_minimize_hands_on_is_not_logged(noted):
+    from paddle_dtnh.diagnostics import StepLogger
+
+    class Recorder(StepLogger):
+        def __init__(self):
+            self.losses = []
+
+        def on_step(self, dtnh, stats):
+            self.losses.append(stats.get("task_loss"))
+
+    model, reg, opt = setup("KnowDist", lr=0.5)
+    opt.logger = Recorder()
+    scaler = forced_scaler(init_loss_scaling=1024.0)
+    x, y = data(1)[0]
+    out, omega = reg.run(x)
+    opt.regularize(omega)
+    loss = F.cross_entropy(out, y)
+    if noted:
+        opt.note_task_loss(loss)
+    scaled = scaler.scale(loss)
+    scaled.backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler.minimize(opt, scaled)  # what paddle.Model's AMP path calls
+    said = [str(w.message) for w in caught if "scaled by the loss scale" in str(w.message)]
+    assert opt.num_steps == 1 and len(said) == (0 if noted else 1), said
+    logged = opt.logger.losses[0]
+    if noted:
+        np.testing.assert_allclose(float(logged), float(loss), rtol=1e-6)
+    else:
+        assert logged is None or not np.isclose(float(logged), 1024.0 * float(loss))

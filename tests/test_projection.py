@@ -410,3 +410,12 @@ def test_a_preset_name_is_a_rule():
     by_rule, _ = dtnh_direction(gJ, gO, 1.0, Rule(granularity="layer", on_conflict="drop", reference="ema",
                                                      max_reg_ratio=1.0))
     np.testing.assert_array_equal(by_name[0].numpy(), by_rule[0].numpy())
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_integer_gradients_are_named_before_paddles_type_promotion(dtype):
+    ints = [paddle.to_tensor([1, 0], dtype=dtype)]
+    floats = [paddle.to_tensor([1.0, -1.0])]
+    for gj, go in ((ints, ints), (floats, ints), (ints, [None])):
+        with pytest.raises(TypeError, match=f"dtype paddle.{dtype}; gradients must be floating point"):
+            dtnh_direction(gj, go, lam=1.0)

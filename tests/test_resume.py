@@ -146,3 +146,29 @@ def test_paddle_model_save_load_fit_evaluate_with_dtnh(tmp_path):
     for (name, a), b in zip(net.state_dict().items(), net2.state_dict().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
     assert "acc" in model2.evaluate(data_set, batch_size=4, verbose=0)
+
+
+def test_a_resume_from_tensors_prints_no_copy_construct_warning():
+    import warnings
+
+    paddle.seed(0)
+    net = paddle.nn.Linear(3, 2)
+    opt = DTNH(paddle.optimizer.Momentum(0.1, momentum=0.9, parameters=net.parameters()), lam=0.0, model=net)
+    (net(paddle.ones([2, 3])) ** 2).mean().backward()
+    opt.step()
+    saved = opt.state_dict()  # tensors, as paddle.load and the library's loaders give them
+    other = DTNH(paddle.optimizer.Momentum(0.1, momentum=0.9, parameters=net.parameters()), lam=0.0, model=net)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other.set_state_dict(saved)
+    assert not [w for w in caught if "copy construct" in str(w.message)], [str(w.message) for w in caught]
+    for (k, a), b in zip(flat_tensors(saved), [v for _, v in flat_tensors(other.state_dict())]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=k)
+
+
+def flat_tensors(state, prefix=""):
+    for k, v in state.items():
+        if isinstance(v, dict):
+            yield from flat_tensors(v, f"{prefix}{k}/")
+        elif isinstance(v, paddle.Tensor):
+            yield f"{prefix}{k}", v

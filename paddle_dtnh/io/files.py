@@ -13,9 +13,12 @@
   and the recorded download digests of PaddleHub weights are for.
 * :func:`load` reads with a restricted unpickler that admits only what a
   state dict holds (dicts, lists, tuples, strings, numbers, NumPy arrays,
-  dtypes and scalars): a crafted ``.pdparams`` cannot run code, and an array
-  is only built once its shape is shown to match the bytes the file holds,
-  so a file of a few bytes cannot make it allocate more. NumPy arrays come
+  dtypes and scalars): a crafted ``.pdparams`` cannot run code, and it
+  allocates nothing the file did not pay for: an array is only built once
+  its shape is shown to match the bytes the file holds (``numpy.ndarray(shape,
+  dtype)``, a size without data, is refused), data reused through the pickle
+  memo is charged each time it is used, and an object the file shares is
+  walked once. NumPy arrays come
   back as Paddle tensors, as ``paddle.load`` gives them. ``trusted=True``
   falls back to ``paddle.load`` (full pickle) for files you made yourself.
 * Every failure to read a file is a :class:`CheckpointError` or an
@@ -27,6 +30,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -46,16 +50,12 @@ __all__ = ["CheckpointError", "UnsafeFileError", "save", "load", "check_format",
 
 #: (module, name) pairs a state-dict pickle may reference
 _ALLOWED = {
-    ("collections", "OrderedDict"),
-    ("builtins", "tuple"),  # paddle.save reduces a nested tensor to tuple((name, ndarray))
-    ("builtins", "list"),
-    ("builtins", "dict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("numpy", "ndarray"),
     ("numpy", "dtype"),
-    ("_codecs", "encode"),  # bytes in pickles written by protocol 2
 }
+#: containers a pickle may call (paddle.save reduces a nested tensor to tuple((name, ndarray)));
+#: each call is charged the length of its argument (see _Budget)
+_CONTAINERS = {("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "set"),
+               ("builtins", "frozenset"), ("collections", "OrderedDict")}
 # a paddle.save'd state dict carries this bookkeeping entry; paddle.load drops it
 _PADDLE_NAME_MAP = "StructuredToParameterName@@"
 
@@ -76,11 +76,35 @@ class UnsafeFileError(CheckpointError, pickle.UnpicklingError):
     """A file references a Python object a state dict never holds."""
 
 
+class _Budget:
+    """What a file paid for. Every array, scalar and bytes object the
+    unpickler makes, and every element a container call copies, is charged
+    here; each kind may total at most the file's size. The pickle memo lets a
+    file reuse one object many times for a few bytes each: without the budget
+    a 1 MB string reused a thousand times would fill a thousand 1 MB arrays."""
+
+    __slots__ = ("size", "left")
+
+    def __init__(self, size: int):
+        self.size = size
+        self.left = {"array": size, "bytes": size, "items": size}
+
+    def charge(self, kind: str, n: int, what: str) -> None:
+        if n > self.left[kind]:
+            raise CheckpointError(f"{what} needs {n} more {'elements' if kind == 'items' else 'bytes'} than "
+                                  f"the {self.size}-byte file holds: it reuses its data through the pickle "
+                                  "memo, which no saved state dict does")
+        self.left[kind] -= n
+
+
 class _ArrayStub:
     """What the unpickler builds instead of an ndarray: the array is made in
     ``__setstate__`` only once its shape matches the bytes the file holds."""
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "budget")
+
+    def __init__(self, budget: _Budget):
+        self.budget = budget
 
     def __setstate__(self, state):
         if not isinstance(state, tuple) or len(state) not in (4, 5):
@@ -96,37 +120,86 @@ class _ArrayStub:
         if needed != len(raw):
             raise CheckpointError(f"an array of shape {list(shape)} ({dtype}) needs {needed} bytes, "
                                   f"the file holds {len(raw)}")
+        self.budget.charge("array", needed, f"an array of shape {list(shape)} ({dtype})")
         self.array = np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def _reconstruct(cls, shape, typecode):
-    """Stands in for numpy's ``_reconstruct``: no allocation before the data is seen."""
-    if cls is not np.ndarray:
-        raise UnsafeFileError(f"it reconstructs a {getattr(cls, '__name__', cls)!r}, not a NumPy array")
-    return _ArrayStub()
+def _ndarray(*args, **kwargs):
+    """What ``numpy.ndarray`` is in a file: a name ``_reconstruct`` accepts,
+    never a call, which would allocate a size the file gives without its data."""
+    raise UnsafeFileError("it calls numpy.ndarray(shape, dtype), which allocates an array of a size the file "
+                          "names without holding its data; paddle.save writes arrays with their bytes, "
+                          "so the file is not one it wrote.")
 
 
-def _scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
-        raise UnsafeFileError("a NumPy scalar of Python objects is not a number")
-    if len(data) != dtype.itemsize:
-        raise CheckpointError(f"a {dtype} scalar needs {dtype.itemsize} bytes, the file holds {len(data)}")
-    return np.frombuffer(bytes(data), dtype=dtype)[0]
+class _StandIns:
+    """The callables a state-dict pickle may reference, each charging the
+    unpickler's :class:`_Budget` before it allocates."""
 
+    def __init__(self, budget: _Budget):
+        self.budget = budget
 
-_STAND_INS = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-              ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-              ("numpy.core.multiarray", "scalar"): _scalar,
-              ("numpy._core.multiarray", "scalar"): _scalar}
+    def reconstruct(self, cls, shape, typecode):
+        """numpy's ``_reconstruct``: no allocation before the data is seen."""
+        if cls is not _ndarray:
+            raise UnsafeFileError(f"it reconstructs a {getattr(cls, '__name__', cls)!r}, not a NumPy array.")
+        return _ArrayStub(self.budget)
+
+    def scalar(self, dtype, data=None):
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+            raise UnsafeFileError("a NumPy scalar of Python objects is not a number")
+        if len(data) != dtype.itemsize:
+            raise CheckpointError(f"a {dtype} scalar needs {dtype.itemsize} bytes, the file holds {len(data)}")
+        self.budget.charge("array", len(data), f"a {dtype} scalar")
+        return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+    def encode(self, text, encoding="utf-8", errors="strict"):
+        """``_codecs.encode``: bytes in pickles written by protocol 2."""
+        if not isinstance(text, str):
+            raise CheckpointError(f"it encodes a {type(text).__name__}, not a string")
+        self.budget.charge("bytes", len(text), "a bytes object")
+        return codecs.encode(text, encoding, errors)
+
+    @staticmethod
+    def empty_bytes(*args):
+        """``bytes()``: how protocol 2 writes ``b""``. ``bytes(n)`` would allocate a size the file names."""
+        if args:
+            raise UnsafeFileError(f"it calls bytes() with {len(args)} argument(s); a saved state dict only "
+                                  "calls it with none (an empty bytes object).")
+        return b""
+
+    def container(self, kind):
+        def make(*args):
+            size = sum(len(a) for a in args if hasattr(a, "__len__"))
+            self.budget.charge("items", size, f"a {kind.__name__}")
+            return kind(*args)
+
+        make.__name__ = kind.__name__
+        return make
 
 
 class _StateDictUnpickler(pickle.Unpickler):
-    def __init__(self, file):
+    def __init__(self, file, size: int):
         super().__init__(file, encoding="latin1")
+        self._stand_ins = _StandIns(_Budget(size))
 
     def find_class(self, module, name):
-        if (module, name) in _STAND_INS:
-            return _STAND_INS[(module, name)]
+        stand_ins = self._stand_ins
+        if module == "__builtin__":  # protocol 2 writes Python 2's name (pickle's own find_class maps it)
+            module = "builtins"
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            if name == "_reconstruct":
+                return stand_ins.reconstruct
+            if name == "scalar":
+                return stand_ins.scalar
+        if (module, name) == ("numpy", "ndarray"):
+            return _ndarray
+        if (module, name) == ("_codecs", "encode"):
+            return stand_ins.encode
+        if (module, name) == ("builtins", "bytes"):
+            return stand_ins.empty_bytes
+        if (module, name) in _CONTAINERS:
+            return stand_ins.container(super().find_class(module, name))
         if (module, name) in _ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
             return super().find_class(module, name)
         raise UnsafeFileError(
@@ -211,64 +284,81 @@ def _is_saved_tensor(obj) -> bool:
     return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray)
 
 
-def _arrays(obj):
-    """The unpickler's array stand-ins replaced by their arrays (depth-bounded)."""
-    def walk(x, depth):
+def _shared(walk):
+    """``walk(x, depth)`` run once per object: a pickle's memo shares objects,
+    and a list holding one list twice, sixty levels deep, is a few hundred
+    bytes whose tree has 2**60 nodes. Shared objects stay shared."""
+    done = {}
+
+    def once(x, depth):
         if depth > MAX_DEPTH:
             raise CheckpointError(f"it nests containers more than {MAX_DEPTH} levels deep")
+        if id(x) not in done:
+            done[id(x)] = (x, walk(x, depth, once))  # x kept alive: its id is not reused
+        return done[id(x)][1]
+
+    return lambda obj: once(obj, 0)
+
+
+def _arrays(obj):
+    """The unpickler's array stand-ins replaced by their arrays (depth-bounded)."""
+    def walk(x, depth, again):
         if isinstance(x, _ArrayStub):
             if not hasattr(x, "array"):
                 raise CheckpointError("an array has no data")
             return x.array
         if isinstance(x, Mapping):
-            return type(x)((k, walk(v, depth + 1)) for k, v in x.items())
-        if isinstance(x, (list, tuple)):
-            return type(x)(walk(v, depth + 1) for v in x)
-        if isinstance(x, (set, frozenset)):
-            return type(x)(walk(v, depth + 1) for v in x)
+            return type(x)((k, again(v, depth + 1)) for k, v in x.items())
+        if isinstance(x, (list, tuple, set, frozenset)):
+            return type(x)(again(v, depth + 1) for v in x)
         return x
 
-    return walk(obj, 0)
+    return _shared(walk)(obj)
 
 
-def _crc_items(obj, path=""):
+def _crc_items(obj, path="", seen=None):
     """(path, array) of every tensor in ``obj``, as saved (Tensor) or loaded
-    (ndarray, or ``(name, ndarray)`` the way paddle.save nests them)."""
+    (ndarray, or ``(name, ndarray)`` the way paddle.save nests them); a
+    container reached twice is read once."""
+    seen = set() if seen is None else seen
     if isinstance(obj, paddle.Tensor):
         yield path, obj.numpy()
     elif _is_saved_tensor(obj):
         yield path, obj[1]
     elif isinstance(obj, np.ndarray):
         yield path, obj
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
+    elif isinstance(obj, (Mapping, list, tuple)):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+        for k, v in items:
             if k != _PADDLE_NAME_MAP:
-                yield from _crc_items(v, f"{path}/{k}" if path else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _crc_items(v, f"{path}/{i}" if path else str(i))
+                yield from _crc_items(v, f"{path}/{k}" if path else str(k), seen)
 
 
 def _crcs(obj) -> dict:
     return {p: zlib.crc32(np.ascontiguousarray(a).tobytes()) for p, a in _crc_items(obj)}
 
 
-def to_tensors(obj, _depth: int = 0):
+def to_tensors(obj):
     """NumPy arrays (bare, or as ``paddle.save`` nests them: ``(name, ndarray)``)
-    -> Paddle tensors, recursively, as ``paddle.load`` gives them."""
-    if _depth > MAX_DEPTH:
-        raise CheckpointError(f"it nests containers more than {MAX_DEPTH} levels deep")
-    if _is_saved_tensor(obj):
-        obj = obj[1]
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object:
-            raise UnsafeFileError("an array of Python objects is not a tensor")
-        return paddle.to_tensor(obj)
-    if isinstance(obj, Mapping):
-        return type(obj)((k, to_tensors(v, _depth + 1)) for k, v in obj.items() if k != _PADDLE_NAME_MAP)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_tensors(v, _depth + 1) for v in obj)
-    return obj
+    -> Paddle tensors, recursively, as ``paddle.load`` gives them; an array
+    reached twice becomes one tensor."""
+    def walk(x, depth, again):
+        if _is_saved_tensor(x):
+            return again(x[1], depth)
+        if isinstance(x, np.ndarray):
+            if x.dtype == object:
+                raise UnsafeFileError("an array of Python objects is not a tensor")
+            return paddle.to_tensor(x)
+        if isinstance(x, Mapping):
+            return type(x)((k, again(v, depth + 1)) for k, v in x.items() if k != _PADDLE_NAME_MAP)
+        if isinstance(x, (list, tuple)):
+            return type(x)(again(v, depth + 1) for v in x)
+        return x
+
+    return _shared(walk)(obj)
 
 
 def _split_digest(data: bytes):
@@ -291,7 +381,7 @@ def _split_digest(data: bytes):
 
 
 def _unpickle(payload: bytes):
-    return _arrays(_StateDictUnpickler(io.BytesIO(payload)).load())
+    return _arrays(_StateDictUnpickler(io.BytesIO(payload), len(payload)).load())
 
 
 def _mismatch(payload: bytes, digest: dict) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..io.files import read_state_dict
+from ..io.files import CheckpointError, read_state_dict
 
 
 __all__ = ["ResNet18VD", "LoadReport", "legacy_names", "load_resnet18_vd_weights", "WEIGHTS_FILE"]
@@ -166,6 +166,8 @@ class LoadReport:
 def _read_state(path_or_state, trusted=False) -> dict:
     try:
         return read_state_dict(path_or_state, what="ResNet-18-vd weights", trusted=trusted)
+    except CheckpointError:
+        raise  # the library's own error already (an UnsafeFileError is one): keep its type
     except (TypeError, pickle.UnpicklingError) as err:
         raise ValueError(str(err)) from err
 

@@ -12,7 +12,7 @@ import paddle
 
 import numpy as np
 
-from .._checks import as_array
+from .._checks import as_array, check_not_empty_batch
 from ..io.files import read_state_dict
 
 __all__ = [
@@ -110,7 +110,9 @@ class TransferRegularizer(paddle.nn.Layer):
         raise NotImplementedError
 
     def run(self, x: paddle.Tensor):
-        """Forward the model on ``x``; return ``(output, omega)``."""
+        """Forward the model on ``x``; return ``(output, omega)``. An empty
+        batch is a ValueError (read from ``x.shape``: no device sync)."""
+        check_not_empty_batch(x, f"{type(self).__name__}.run(x)")
         return self._model(x), self()
 
     def source_digests(self) -> dict:

@@ -17,12 +17,28 @@ import numpy as np
 import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
-from .._checks import as_array, check_nonnegative
+from .._checks import as_array, check_nonnegative, check_not_empty_batch
 from ..io.files import read_state_dict
 from .base import (SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source,
                    weight_digests)
 
 __all__ = ["FeatureMapRegularizer", "KnowDist", "DELTA"]
+
+
+def _output_channels(layer):
+    """The channels of ``layer``'s output where its parameters tell them: the
+    layer's last parameterised sublayer is a Conv2D or a BatchNorm (as in
+    ResNet blocks and stages); else None, and ``run()`` checks the shape."""
+    if layer is None:
+        return None
+    leaves = [sub for sub in [layer] + layer.sublayers() if sub.parameters(include_sublayers=False)]
+    last = leaves[-1] if leaves else None
+    if isinstance(last, paddle.nn.Conv2D) and last.weight is not None:
+        return last.weight.shape[0]
+    if isinstance(last, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm, paddle.nn.SyncBatchNorm)) \
+            and last.weight is not None:
+        return last.weight.shape[0]
+    return None
 
 
 def _source_network(model: paddle.nn.Layer, source, head, strict) -> paddle.nn.Layer:
@@ -141,7 +157,11 @@ class FeatureMapRegularizer(TransferRegularizer):
         Returns:
             tuple: ``(output, reg_loss)``: the target's output (logits) and
             :math:`\\Omega` on this batch, sharing one graph.
+
+        Raises:
+            ValueError: ``x`` holds no images (read from its shape: no device sync).
         """
+        check_not_empty_batch(x, f"{type(self).__name__}.run(x)")
         with self.capture() as features:
             output = self._model(x)
         return output, self(x, features)
@@ -253,6 +273,7 @@ class DELTA(FeatureMapRegularizer):
                     f"{sorted(weights)}. Compute it for layers={self.layers}."
                 )
             param = self._trainable[0] if self._trainable else None
+            sublayers = dict(self._model.named_sublayers())
             for name in self.layers:
                 w = as_array(weights[name])
                 if w.ndim != 1 or not np.isclose(w.sum(), 1.0, atol=1e-3) or (w < 0).any():
@@ -260,6 +281,12 @@ class DELTA(FeatureMapRegularizer):
                         f"attention[{name!r}] must be 1-D non-negative weights summing to "
                         f"1, got shape {w.shape} and sum {float(w.sum()):.4g}."
                     )
+                channels = _output_channels(sublayers.get(name))
+                if channels is not None and w.shape[0] != channels:
+                    raise ValueError(
+                        f"attention[{name!r}] has {w.shape[0]} weights but layer {name!r} has {channels} "
+                        "output channels: the attention was computed for another network. Recompute it "
+                        "with paddle_dtnh.attention.compute_attention for this model and layers.")
                 kw = {} if param is None else {"dtype": param.dtype, "place": param.place}
                 self._weights[name] = paddle.to_tensor(w * w.shape[0], **kw)
             self._register_constants("attention", [self._weights[name] for name in self.layers])

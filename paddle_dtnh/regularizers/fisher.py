@@ -19,6 +19,7 @@ import paddle.nn.functional as F
 
 from ..io import files
 from .._checks import check_choice, check_positive_int
+from .._layers import evaluating
 
 __all__ = ["estimate_fisher", "save_fisher", "load_fisher"]
 
@@ -78,8 +79,6 @@ def estimate_fisher(
     fisher = [paddle.zeros_like(p) for p in params]
     rng_state = paddle.get_rng_state()
     paddle.seed(seed)
-    was_training = model.training
-    model.eval()
     count = 0
     bar = None
     if progress:
@@ -87,34 +86,33 @@ def estimate_fisher(
 
         bar = tqdm(total=max_samples, desc="Fisher", unit="img", disable=None)  # terminal only
     try:
-        for batch in data:
-            x = _inputs_of(batch)
-            for i in range(x.shape[0]):
+        with evaluating(model):
+            for batch in data:
+                x = _inputs_of(batch)
+                for i in range(x.shape[0]):
+                    if max_samples is not None and count >= max_samples:
+                        break
+                    log_p = F.log_softmax(model(x[i : i + 1]), axis=-1)[0]
+                    if mode == "sampled":
+                        k = paddle.multinomial(paddle.exp(log_p.detach()), 1)
+                        classes, weights = [int(k.item())], [1.0]
+                    else:
+                        classes = range(log_p.shape[0])
+                        weights = paddle.exp(log_p.detach()).numpy().tolist()
+                    for j, (k, w) in enumerate(zip(classes, weights)):
+                        last = j == len(weights) - 1
+                        grads = paddle.grad(log_p[k], list(params), retain_graph=not last, allow_unused=True)
+                        for acc, g in zip(fisher, grads):
+                            if g is not None:
+                                acc.add_(w * g * g)
+                    count += 1
+                    if bar is not None:
+                        bar.update(1)
                 if max_samples is not None and count >= max_samples:
                     break
-                log_p = F.log_softmax(model(x[i : i + 1]), axis=-1)[0]
-                if mode == "sampled":
-                    k = paddle.multinomial(paddle.exp(log_p.detach()), 1)
-                    classes, weights = [int(k.item())], [1.0]
-                else:
-                    classes = range(log_p.shape[0])
-                    weights = paddle.exp(log_p.detach()).numpy().tolist()
-                for j, (k, w) in enumerate(zip(classes, weights)):
-                    last = j == len(weights) - 1
-                    grads = paddle.grad(log_p[k], list(params), retain_graph=not last, allow_unused=True)
-                    for acc, g in zip(fisher, grads):
-                        if g is not None:
-                            acc.add_(w * g * g)
-                count += 1
-                if bar is not None:
-                    bar.update(1)
-            if max_samples is not None and count >= max_samples:
-                break
     finally:
         if bar is not None:
             bar.close()
-        if was_training:
-            model.train()
         paddle.set_rng_state(rng_state)
     if count == 0:
         raise ValueError("estimate_fisher got no inputs: the data iterable is empty.")

@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from ..._checks import check_not_empty_batch
 from ..._construction import check_owned
 from ..._layers import loss_and_accuracy
 from ...optimizer import DTNH
@@ -83,6 +84,7 @@ class TransferTask(paddle.nn.Layer):
     def _check_batch(self, images, labels):
         """Clear errors for bad batches, before anything is computed or updated."""
         channels, num_classes = self._input_channels(), self._num_classes()
+        check_not_empty_batch(images, "TransferTask")
         if channels is not None and (images.ndim != 4 or images.shape[1] != channels):
             raise ValueError(
                 f"Expected images of shape [batch, {channels}, height, width], got {list(images.shape)}. "
