@@ -35,8 +35,7 @@ class ExplicitLoop:
         scaled = (lambda t: t) if scale is None else (lambda t: scaler.scale(t))
         if omega is not None and not self.dtnh.rule.projects and not self.dtnh._wants_stats() and scale is None:
             # the vanilla baseline needs no separate gradients: one backward
-            if self.dtnh.regularizer is None:
-                raise ValueError("omega was given but this DTNH has no regularizer.")
+            self.dtnh._refuse_omega_without_regularizer(omega)
             check_omega(self.dtnh.regularizer, omega)
             total = self.averaged(paddle.grad(loss + self.dtnh.lam * omega, params, allow_unused=True))
             # gO was never taken apart: no conflict was measured, so none is reported
