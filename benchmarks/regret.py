@@ -68,16 +68,18 @@ def cell_name(pair: str, regularizer: str, lam: float) -> str:
 
 def collect(records) -> dict:
     """cell name -> {rule -> {seed -> accuracy in points}}, auto included,
-    plus "_fit" -> {seed -> (fits, advantage)}."""
+    plus "_fit" -> {seed -> (the preset auto ran, advantage)}."""
     fits, runs = {}, {}
     for r in records:
         if r.get("kind") == "fit":
             fits.setdefault(r["pair"], {})[r["seed"]] = r["source_fit"]
-    cells = {}
+    cells, chosen = {}, {}
     for r in records:
         if r.get("kind") == "run":
             runs.setdefault((r["pair"], r["method"], r.get("regularizer"), r.get("lam")), {})[r["seed"]] = \
                 100 * r["test_accuracy"]
+            if r.get("decision"):  # what an auto run chose, as it ran
+                chosen[(r["pair"], r["method"], r.get("regularizer"), r.get("lam"), r["seed"])] = r["decision"]
     cell_keys = {(pair, reg, lam) for (pair, method, reg, lam) in runs if method != "finetune"}
     for pair, reg, lam in sorted(cell_keys):
         by = {"finetune": runs.get((pair, "finetune", "l2", None), {}),
@@ -87,13 +89,14 @@ def collect(records) -> dict:
         by["auto_stages"] = runs.get((pair, f"dtnh_{reg}@auto_stages", reg, lam), {})
         decided = fits.get(pair, {})
         own = runs.get((pair, f"dtnh_{reg}@auto", reg, lam))
-        if own:  # auto ran as its own run (0.5 on): its accuracy is that run's
+        if own:  # auto ran as its own run (0.5 on): its accuracy and its choice are that run's
             by["auto"] = own
+            choice = {s: chosen[(pair, f"dtnh_{reg}@auto", reg, lam, s)]["preset"] for s in own}
         else:  # 0.4: the run of the preset its test chose (bit-equal runs)
             by["auto"] = {s: by["paper" if decided[s]["fits"] else "never_hurt"][s]
                           for s in decided if s in by["paper"] and s in by["never_hurt"]}
-        by["_fit"] = {s: (decided[s].get("preset", "paper" if decided[s]["fits"] else "never_hurt"),
-                          decided[s]["advantage"]) for s in decided}
+            choice = {s: "paper" if decided[s]["fits"] else "never_hurt" for s in decided}
+        by["_fit"] = {s: (choice[s], decided[s]["advantage"]) for s in choice if s in decided}
         cells[cell_name(pair, reg, lam)] = by
     return cells
 
