@@ -26,9 +26,14 @@ import argparse
 import glob
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # the package beside this script, installed or not
+    sys.path.insert(0, _REPO)
 
 #: the columns, in the order shown: (key in a cell, display name)
 RULES = (("finetune", "fine-tuning"), ("vanilla", "vanilla"), ("paper", "paper"),
@@ -66,6 +71,16 @@ def cell_name(pair: str, regularizer: str, lam: float) -> str:
     return f"{pair}, {regularizer} lam {lam:g}"
 
 
+def branch_of(fit: dict) -> str:
+    """What auto runs on a recorded source-fit report: today's policy where the
+    report has its per-image record (0.5 on), else 0.4's rule (the advantage's sign)."""
+    if fit.get("source_only") is None:
+        return "paper" if fit["fits"] else "never_hurt"
+    from paddle_dtnh.transferability import SourceFit
+
+    return SourceFit.from_dict(fit).decision.preset
+
+
 def collect(records) -> dict:
     """cell name -> {rule -> {seed -> accuracy in points}}, auto included,
     plus "_fit" -> {seed -> (the preset auto ran, advantage)}."""
@@ -92,10 +107,10 @@ def collect(records) -> dict:
         if own:  # auto ran as its own run (0.5 on): its accuracy and its choice are that run's
             by["auto"] = own
             choice = {s: chosen[(pair, f"dtnh_{reg}@auto", reg, lam, s)]["preset"] for s in own}
-        else:  # 0.4: the run of the preset its test chose (bit-equal runs)
-            by["auto"] = {s: by["paper" if decided[s]["fits"] else "never_hurt"][s]
-                          for s in decided if s in by["paper"] and s in by["never_hurt"]}
-            choice = {s: "paper" if decided[s]["fits"] else "never_hurt" for s in decided}
+        else:  # the run of the branch its test chooses (the runs are bit-equal: tests/test_demo.py)
+            branches = {"paper": by["paper"], "never_hurt": by["never_hurt"], "off": by["finetune"]}
+            choice = {s: branch_of(decided[s]) for s in decided}
+            by["auto"] = {s: branches[choice[s]][s] for s in decided if s in branches[choice[s]]}
         by["_fit"] = {s: (choice[s], decided[s]["advantage"]) for s in choice if s in decided}
         cells[cell_name(pair, reg, lam)] = by
     return cells
