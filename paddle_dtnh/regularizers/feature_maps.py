@@ -17,6 +17,7 @@ import numpy as np
 import paddle
 
 from ..features import FeatureCapture, default_layers, frozen_copy
+from .. import _paddle_compat as compat
 from .._checks import as_array, check_nonnegative
 from ..io.files import read_state_dict
 from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
@@ -107,9 +108,7 @@ class FeatureMapRegularizer(TransferRegularizer):
         """Cast and move this loss's constants and its frozen source network
         (not a sublayer, so Paddle's ``Layer.to`` would skip it); the target
         model is the user's to move. Returns self."""
-        # only what was given: Paddle releases before 3.0 have no non_blocking
-        given = {k: v for k, v in dict(device=device, dtype=dtype, blocking=blocking,
-                                       non_blocking=non_blocking).items() if v is not None}
+        given = compat.layer_to_arguments(device, dtype, blocking, non_blocking)
         super().to(**given)
         self._source.to(**given)
         return self
