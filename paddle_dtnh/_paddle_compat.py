@@ -152,6 +152,11 @@ def create_accumulators(optimizer, params) -> None:
     ``multi_precision``), so a checkpoint can be loaded before any step; no
     public API (``Optimizer._create_accumulators``)."""
     block = paddle.static.default_main_program().global_block()
+    if not PADDLE_3 and getattr(optimizer, "helper", None) is None:
+        # Paddle 2.6 makes the optimizer's LayerHelper only in its first step
+        # (and asserts on it in _add_accumulator); 3.x makes it on demand
+        from paddle.base.layer_helper import LayerHelper
+        optimizer.helper = LayerHelper(optimizer.__class__.__name__)
     optimizer._create_accumulators(block, params)
 
 

@@ -1,3 +1,5 @@
+import zlib  # noqa: F401  before Paddle: Paddle 2.6 exports its own zlib (see paddle_dtnh/_quiet.py)
+
 import numpy as np
 import paddle
 import pytest
