@@ -239,8 +239,11 @@ def report_found_inf(scaler, found_inf: bool) -> None:
     """Tell a GradScaler whether this step overflowed and let it update its
     scale, as ``scaler.step()`` does after its own unscale; there is no public
     way for an optimizer that unscaled by itself (``_cache_found_inf``,
-    ``_use_dynamic_loss_scaling``, ``_update``)."""
+    2.6: ``_cache_founf_inf``; ``_use_dynamic_loss_scaling``, ``_update``)."""
     scaler._cache_found_inf = found_inf
+    if not PADDLE_3:
+        # Paddle 2.6 spells it _cache_founf_inf throughout its GradScaler
+        scaler._cache_founf_inf = found_inf
     if scaler._use_dynamic_loss_scaling:
         scaler._update()
 
