@@ -217,3 +217,72 @@ def test_the_check_would_see_a_private_access():
         assert {"_accumulators", "_grad_ivar"} <= _paddle_private_names()
     finally:
         sample.unlink()
+
+
+# -- the version seam ------------------------------------------------------------------
+def test_release_reads_major_and_minor_and_a_develop_build_is_newest():
+    from paddle_dtnh._paddle_compat import release
+
+    assert release("2.6.2") == (2, 6) and release("3.3.1") == (3, 3) and release("3.0.0b2") == (3, 0)
+    assert release("0.0.0") > release("3.3.1")
+
+
+def test_an_older_paddle_is_refused_at_import_with_the_fix():
+    import pytest
+
+    from paddle_dtnh._paddle_compat import check_paddle_version
+
+    check_paddle_version("2.6.0")
+    check_paddle_version("3.3.1")
+    with pytest.raises(ImportError, match=r"needs PaddlePaddle >= 2\.6, but Paddle 2\.5\.2 .*pip install"):
+        check_paddle_version("2.5.2")
+
+
+def test_a_feature_for_a_newer_paddle_raises_the_named_error():
+    import pytest
+
+    from paddle_dtnh import PaddleVersionError
+    from paddle_dtnh._paddle_compat import PADDLE_VERSION, require_paddle
+
+    require_paddle((2, 6), "anything")
+    with pytest.raises(PaddleVersionError, match=r"Frobnication needs PaddlePaddle >= 99\.1; .*pip install"):
+        require_paddle((99, 1), "Frobnication")
+    assert PADDLE_VERSION >= (2, 6)
+
+
+def test_full_on_creates_on_the_place_with_the_dtype():
+    from paddle_dtnh._paddle_compat import full_on
+
+    like = paddle.ones([3], dtype="float64")
+    for place in (like.place, None):
+        t = full_on(place, 2.5, "float64")
+        assert t.shape == [] and t.dtype == paddle.float64 and float(t) == 2.5 and t.stop_gradient
+    flag = full_on(like.place, True, "bool")
+    assert flag.dtype == paddle.bool and bool(flag)
+    assert full_on(like.place, 1.0, like.dtype, shape=[2]).shape == [2]
+
+
+def test_layer_to_arguments_passes_only_what_was_given_in_this_paddles_terms():
+    from paddle_dtnh._paddle_compat import PADDLE_3, layer_to_arguments
+
+    assert layer_to_arguments() == {}
+    assert layer_to_arguments(dtype="float64") == {"dtype": "float64"}
+    expected = {"non_blocking": True} if PADDLE_3 else {"blocking": False}
+    assert layer_to_arguments(non_blocking=True) == expected
+    paddle.nn.Linear(2, 2).to(**layer_to_arguments(device="cpu", non_blocking=True))
+
+
+def test_a_freed_graph_is_recognised_by_paddles_words():
+    from paddle_dtnh._paddle_compat import is_freed_graph_error
+
+    x = paddle.ones([2])
+    x.stop_gradient = False
+    y = (x * x).sum()
+    y.backward()
+    try:
+        y.backward()
+    except (RuntimeError, SystemError) as err:
+        assert is_freed_graph_error(err)
+    else:
+        raise AssertionError("a second backward() through a freed graph did not raise")
+    assert not is_freed_graph_error(RuntimeError("something else"))
