@@ -26,7 +26,8 @@ import re
 import paddle
 
 __all__ = ["PADDLE_VERSION", "OLDEST_SUPPORTED", "PADDLE_3", "PaddleVersionError", "check_paddle_version",
-           "require_paddle", "full_on", "layer_to_arguments", "is_freed_graph_error",
+           "require_paddle", "full_on", "layer_to_arguments", "is_freed_graph_error", "DEFAULT_TO_STATIC_WORKS",
+           "export_hub_module",
            "OptimizerFacade", "parameter_list", "param_groups", "l2_decay_coeff", "accumulators",
            "create_accumulators", "master_weights", "learning_rate", "has_grad", "loss_scale",
            "report_found_inf", "batch_norm_statistics", "same_place", "hapi_optimizer"]
@@ -112,6 +113,24 @@ def layer_to_arguments(device=None, dtype=None, blocking=None, non_blocking=None
         non_blocking = None
     given = dict(device=device, dtype=dtype, blocking=blocking, non_blocking=non_blocking)
     return {k: v for k, v in given.items() if v is not None}
+
+
+# Paddle 2.6's default ``paddle.jit.to_static`` (SOT, bytecode translation)
+# fails at the first call on the CPython 3.11 build checked here (NameError:
+# paddle_set_eval_frame_fn); ``full_graph=True`` (AST translation) works on
+# 2.6 and 3.x. PaddleHub's export calls to_static with the default, so a hub
+# module exports itself on 2.6 (:func:`export_hub_module`).
+DEFAULT_TO_STATIC_WORKS = PADDLE_3
+
+
+def export_hub_module(module, dirname, input_spec) -> None:
+    """What PaddleHub's ``ModuleV2.save_inference_model`` does for a Layer
+    module (``<dirname>/<module.name>.*``), traced with ``full_graph=True``;
+    for Paddle 2.6, see :data:`DEFAULT_TO_STATIC_WORKS`."""
+    import os
+
+    static = paddle.jit.to_static(module, input_spec=list(input_spec), full_graph=True)
+    paddle.jit.save(static, os.path.join(dirname, module.name))
 
 
 def is_freed_graph_error(err: BaseException) -> bool:
