@@ -8,6 +8,7 @@ import ast
 import pathlib
 
 import paddle
+import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "paddle_dtnh"
 SEAM = PACKAGE / "_paddle_compat.py"
@@ -228,8 +229,6 @@ def test_release_reads_major_and_minor_and_a_develop_build_is_newest():
 
 
 def test_an_older_paddle_is_refused_at_import_with_the_fix():
-    import pytest
-
     from paddle_dtnh._paddle_compat import check_paddle_version
 
     check_paddle_version("2.6.0")
@@ -239,8 +238,6 @@ def test_an_older_paddle_is_refused_at_import_with_the_fix():
 
 
 def test_a_feature_for_a_newer_paddle_raises_the_named_error():
-    import pytest
-
     from paddle_dtnh import PaddleVersionError
     from paddle_dtnh._paddle_compat import PADDLE_VERSION, require_paddle
 
@@ -286,3 +283,10 @@ def test_a_freed_graph_is_recognised_by_paddles_words():
     else:
         raise AssertionError("a second backward() through a freed graph did not raise")
     assert not is_freed_graph_error(RuntimeError("something else"))
+
+
+@pytest.mark.paddle3(reason="proves the marker: on Paddle 2.6 this test fails unless it is skipped")
+def test_the_paddle3_marker_skips_on_paddle_2_6():
+    from paddle_dtnh._paddle_compat import PADDLE_3
+
+    assert PADDLE_3
