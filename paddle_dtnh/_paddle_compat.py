@@ -11,7 +11,13 @@ checked once at import (:func:`check_paddle_version`). Where 2.6 and 3.x
 differ, a function below named for what it does hides the difference and
 says which versions do what; a feature 2.6 cannot give raises
 :class:`PaddleVersionError` naming the version it needs
-(:func:`require_paddle`).
+(:func:`require_paddle`). docs/paddle-versions.md lists the differences.
+
+One difference cannot live here because it must act before Paddle is
+imported: Paddle 2.6's ``libpaddle.so`` exports zlib's symbols, so Python's
+``zlib`` must be loaded first (``_quiet.import_paddle_quietly`` does; a
+program that imports ``paddle`` before ``paddle_dtnh`` on 2.6 should
+``import zlib`` first).
 
 :class:`OptimizerFacade` is the other direction: the private names Paddle
 itself reads from an optimizer it is handed (``paddle.Model``, the LR
