@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,hub,dev
 BIN := $(VENV)/bin
+# OMP_NUM_THREADS for the test targets
+THREADS ?= 2
 
 .PHONY: install test test-paddle26 demo clean fashion-mnist wheel wheel-check
 
@@ -29,7 +31,7 @@ fashion-mnist:
 
 # pytest exits 5 when it collected nothing: report it as the failure it is
 test: install
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest; status=$$?; \
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$status
 
 # The same suite on the oldest supported Paddle, 2.6.2 (CPU build), in its own
@@ -44,7 +46,7 @@ $(VENV26)/.installed: setup.py constraints-paddle26.txt
 	touch $@
 
 test-paddle26: $(VENV26)/.installed
-	OMP_NUM_THREADS=2 $(VENV26)/bin/python -m pytest -rs; status=$$?; \
+	OMP_NUM_THREADS=$(THREADS) $(VENV26)/bin/python -m pytest -rs; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$status
 
 demo: install
