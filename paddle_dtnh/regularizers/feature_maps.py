@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import paddle
 
-from ..features import FeatureCapture, default_layers, frozen_copy
 from .. import _paddle_compat as compat
+from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative
 from ..io.files import read_state_dict
 from .base import SourceMismatchError, TransferRegularizer, check_source, match_source, warn_if_far_from_source
