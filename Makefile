@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,hub,dev
 BIN := $(VENV)/bin
+# OMP_NUM_THREADS for the test targets
+THREADS ?= 2
 
-.PHONY: install test demo clean fashion-mnist wheel wheel-check
+.PHONY: install test test-paddle26 demo clean fashion-mnist wheel wheel-check
 
 install: $(VENV)/.installed
 
@@ -29,7 +31,22 @@ fashion-mnist:
 
 # pytest exits 5 when it collected nothing: report it as the failure it is
 test: install
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest; status=$$?; \
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$status
+
+# The same suite on the oldest supported Paddle, 2.6.2 (CPU build), in its own
+# venv with its own pins; tests that need Paddle 3 are skipped by the
+# `paddle3` marker, each with its reason, and -rs lists them and their number
+VENV26 ?= .venv-paddle26
+EXTRAS26 ?= hub,dev
+$(VENV26)/.installed: setup.py constraints-paddle26.txt
+	$(PYTHON) -m venv $(VENV26)
+	$(VENV26)/bin/pip install --quiet --upgrade pip
+	$(VENV26)/bin/pip install --quiet -c constraints-paddle26.txt "paddlepaddle==2.6.2" -e ".[$(EXTRAS26)]"
+	touch $@
+
+test-paddle26: $(VENV26)/.installed
+	OMP_NUM_THREADS=$(THREADS) $(VENV26)/bin/python -m pytest -rs; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$status
 
 demo: install
@@ -53,4 +70,4 @@ wheel-check: wheel
 	cd "$$(mktemp -d)" && OMP_NUM_THREADS=2 $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tools/wheel_smoke.py $(CURDIR)/README.md
 
 clean:
-	rm -rf $(VENV) $(WHEEL_VENV) dist build *.egg-info
+	rm -rf $(VENV) $(VENV26) $(WHEEL_VENV) dist build *.egg-info

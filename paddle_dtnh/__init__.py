@@ -19,6 +19,10 @@ from ._quiet import import_paddle_quietly
 
 import_paddle_quietly()
 
+from ._paddle_compat import PaddleVersionError, check_paddle_version  # noqa: E402
+
+check_paddle_version()
+
 from . import attention, diagnostics, features, projection, references, regularizers, rules  # noqa: E402
 from .optimizer import ACCUMULATIONS, DTNH, NONFINITE_POLICIES  # noqa: E402
 from .projection import dtnh_direction  # noqa: E402
@@ -29,6 +33,7 @@ from ._version import __version__  # noqa: E402
 
 __all__ = [
     "DTNH",
+    "PaddleVersionError",
     "Rule",
     "PRESETS",
     "resolve_rule",

@@ -25,7 +25,7 @@ def all_finite(tensors, like=None) -> paddle.Tensor:
             for t in tensors if t is not None]
     if sums:
         return paddle.isfinite(paddle.stack(sums)).all()
-    return paddle.full([], True, dtype="bool", device=None if like is None else like.place)
+    return compat.full_on(None if like is None else like.place, True, "bool")
 
 
 def in_float32(tensors) -> list:

@@ -233,7 +233,7 @@ class HookLoop:
         try:
             grads = self.dtnh._reg_grads(params, omega if scale is None else scaler.scale(omega))
         except (SystemError, RuntimeError) as err:
-            if "TensorWrapper" not in str(err):  # Paddle's words for a graph backward() already freed
+            if not compat.is_freed_graph_error(err):
                 raise
             raise RuntimeError(
                 "regularize(omega) came after loss.backward() of the same forward pass, which freed the graph "

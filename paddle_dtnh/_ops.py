@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import paddle
 
+from ._paddle_compat import full_on
+
 
 def scalar(value: float, like: paddle.Tensor, dtype=None) -> paddle.Tensor:
     """A 0-d constant on ``like``'s place (a GPU step never mixes places).
 
-    ``paddle.full`` rather than ``paddle.to_tensor``: the latter keeps a small
+    ``paddle.full`` (through ``full_on``) rather than ``paddle.to_tensor``: the latter keeps a small
     Python object alive per call, a slow leak over thousands of steps."""
-    return paddle.full([], value, dtype=dtype or like.dtype, device=like.place)
+    return full_on(like.place, value, dtype or like.dtype)
 
 
 def dot(a: paddle.Tensor | None, b: paddle.Tensor | None, like: paddle.Tensor) -> paddle.Tensor:

@@ -19,6 +19,11 @@ _BANNER = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY
 def import_paddle_quietly() -> None:
     if "paddle" in sys.modules:
         return
+    # Paddle 2.6's libpaddle.so exports its own zlib (deflate, inflate, ...):
+    # Python's zlib loaded after it crashes or fails with "inconsistent stream
+    # state" (SciPy, aiohttp, npz files). Loaded first, it keeps the system's.
+    # Paddle 3.x does not export them. See _paddle_compat's module docstring.
+    import zlib  # noqa: F401
     captured = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(captured):

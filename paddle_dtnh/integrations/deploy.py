@@ -45,10 +45,10 @@ def save_inference_model(model: paddle.nn.Layer, path_prefix: str, *, input_spec
             >>> from paddle_dtnh.integrations.deploy import load_predictor, predict, save_inference_model
             >>> net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 2, 3), paddle.nn.AdaptiveAvgPool2D(1),
             ...                            paddle.nn.Flatten())
-            >>> written = save_inference_model(net, os.path.join(tempfile.mkdtemp(), "net"))
+            >>> prefix = os.path.join(tempfile.mkdtemp(), "net")
+            >>> written = save_inference_model(net, prefix)
             >>> x = np.ones([1, 3, 8, 8], "float32")
-            >>> bool(np.allclose(predict(load_predictor(written["model"][:-5]), x)[0], net(paddle.to_tensor(x)).numpy(),
-            ...                  atol=1e-5))
+            >>> bool(np.allclose(predict(load_predictor(prefix), x)[0], net(paddle.to_tensor(x)).numpy(), atol=1e-5))
             True
     """
     with evaluating(model):

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import paddle
 
+from .. import _paddle_compat as compat
 from ..features import FeatureCapture, default_layers, frozen_copy
 from .._checks import as_array, check_nonnegative, check_not_empty_batch
 from ..io.files import read_state_dict
@@ -125,9 +126,7 @@ class FeatureMapRegularizer(TransferRegularizer):
         """Cast and move this loss's constants and its frozen source network
         (not a sublayer, so Paddle's ``Layer.to`` would skip it); the target
         model is the user's to move. Returns self."""
-        # only what was given: Paddle releases before 3.0 have no non_blocking
-        given = {k: v for k, v in dict(device=device, dtype=dtype, blocking=blocking,
-                                       non_blocking=non_blocking).items() if v is not None}
+        given = compat.layer_to_arguments(device, dtype, blocking, non_blocking)
         super().to(**given)
         self._source.to(**given)
         return self

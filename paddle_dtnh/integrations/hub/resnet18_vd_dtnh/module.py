@@ -1,5 +1,5 @@
 """PaddleHub module ``resnet18_vd_dtnh``: ResNet-18-vd image classification
-for Paddle 3, ready for fine-tuning with hub.Trainer (and DTNH).
+for Paddle 2.6 and 3, ready for fine-tuning with hub.Trainer (and DTNH).
 
 Load it offline with ``hub.Module(directory=paddle_dtnh.integrations.hub.MODULE_DIR,
 label_list=[...])``. Pretrained weights (PaddleHub's ImageNet file, either
@@ -23,6 +23,7 @@ import paddle
 import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
+from paddle_dtnh import _paddle_compat as compat
 from paddle_dtnh._layers import IMAGE_SPEC, evaluating, loss_and_accuracy
 from paddle_dtnh.io.files import read_state_dict
 from paddle_dtnh.integrations.hub.transforms import imagenet_transform
@@ -103,6 +104,9 @@ class ResNet18VDModule(ResNet18VD):
         """PaddleHub's export, traced in eval mode (BatchNorm uses its running
         statistics, as :meth:`predict` does), whatever mode training left."""
         with evaluating(self):
+            if not compat.DEFAULT_TO_STATIC_WORKS:  # PaddleHub's Layer branch reads only dirname and input_spec
+                spec = kwargs.get("input_spec") or (args[2] if len(args) > 2 else None) or self.input_spec
+                return compat.export_hub_module(self, dirname, spec)
             return super(ResNet18VDModule, self).save_inference_model(dirname, *args, **kwargs)
 
     @staticmethod
