@@ -213,6 +213,9 @@ def run_transfer(
         # the pull off is this harness's fine-tuning recipe, so the run is the fine-tuning run bit for bit
         # (a user's DTNH runs their inner optimizer with its own weight decay)
         spec = method_spec("finetune")
+        if me == 0:
+            print(f"DTNH preset {method_spec(method).rule_name!r}: {fit.summary(decision)} (this harness runs "
+                  "its fine-tuning run)", flush=True)
     model = target_from(source, target.num_classes)
     reg = _regularizer(spec, model, source, x_train, y_train, target, cfg, progress)
     schedule = paddle.optimizer.lr.PiecewiseDecay(

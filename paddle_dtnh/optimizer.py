@@ -254,7 +254,7 @@ class DTNH(compat.OptimizerFacade):
         self._checkpoint = DTNHCheckpoint(self)
         if self.source_fit is not None:
             if rank() == 0:  # one line per job, not per process
-                print(f"DTNH preset 'auto': {self.source_fit.summary()}", flush=True)
+                print(f"DTNH preset {self.preset!r}: {self.source_fit.summary(self.decision)}", flush=True)
             notify_source_fit(logger, self.source_fit)
 
     # -- the rule's fields, read-only -------------------------------------------

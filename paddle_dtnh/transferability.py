@@ -489,10 +489,11 @@ class SourceFit:
         kept["source_digests"] = dict(kept.get("source_digests", {}))
         return cls(**kept)
 
-    def summary(self) -> str:
-        """One line: the scores, the standard error, the outcome and why."""
+    def summary(self, decision=None) -> str:
+        """One line: the scores, the standard error, the outcome and why
+        (``decision``: another than :attr:`decision`, e.g. ``auto_stages``')."""
         se = "n/a" if self.advantage_se is None else f"{self.advantage_se:.3f}"
-        decision = self.decision
+        decision = self.decision if decision is None else decision
         return (f"source fit: LOO ridge accuracy {self.source_score:.3f} (source) vs {self.random_score:.3f} "
                 f"(random), advantage {self.advantage:+.3f} (SE {se}); LogME advantage "
                 f"{self.logme_advantage:+.3f}; {decision.reason} -> preset {decision.preset!r} "
