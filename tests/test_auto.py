@@ -44,8 +44,12 @@ def test_the_three_outcomes(images, logme, outcome, preset):
     assert "advantage" in decision.reason and "SE" in decision.reason
 
 
-def test_the_default_policy_is_the_one_documented():
+def test_the_default_policy_is_the_one_chosen_on_the_discovery_cells():
+    assert DEFAULT_POLICY == DecisionPolicy(fit_margin=2.0, logme_agrees=True, off_margin=0.0, if_no_fit="off",
+                                            if_uncertain="never_hurt")
     assert DEFAULT_POLICY.branch("fits") == "paper"
+    # +0.09 at 1.8 SE with LogME agreeing (a helpful discovery seed): uncertain, not a fit
+    assert decide(_report((17, 8), 0.2)).preset == "never_hurt"
     with pytest.raises(ValueError, match="if_no_fit"):
         DecisionPolicy(fit_margin=1, logme_agrees=True, off_margin=0, if_no_fit="vanilla", if_uncertain="off")
 

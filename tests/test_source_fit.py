@@ -208,7 +208,7 @@ def test_random_reinit_is_seeded_and_resets_every_role():
 
 # -- preset="auto" -----------------------------------------------------------------------
 #: outcome -> (source accuracy, right for the source only, right for the random only) on 20 images
-_OUTCOMES = {True: (0.8, 5, 1), "fits": (0.8, 5, 1), "uncertain": (0.65, 3, 2), False: (0.5, 1, 3),
+_OUTCOMES = {True: (0.95, 8, 1), "fits": (0.95, 8, 1), "uncertain": (0.65, 3, 2), False: (0.5, 1, 3),
              "does_not_fit": (0.5, 1, 3)}
 
 
@@ -282,7 +282,7 @@ def test_auto_saves_its_decision_and_a_resume_with_another_warns():
     opt, _ = _run("auto", _fit(True))
     saved = opt.state_dict()["dtnh"]
     assert saved["preset"] == "auto" and saved["source_fit"]["fits"] is True
-    assert saved["source_fit"]["source_score"] == 0.8 and saved["source_fit"]["random_score"] == 0.6
+    assert saved["source_fit"]["source_score"] == 0.95 and saved["source_fit"]["random_score"] == 0.6
     assert SourceFit.from_dict(saved["source_fit"]) == _fit(True)
     same, _ = _run("auto", _fit(True), steps=0)
     with warnings.catch_warnings(record=True) as caught:
