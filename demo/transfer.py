@@ -287,7 +287,7 @@ def main(argv=None):
     print(table)
     line = what_happened(results)
     if line:
-        print(f"\n{line}" + (" (one seed: the README has 5 seeds on 6 other pairs)" if len(args.seeds) == 1 else ""))
+        print(f"\n{line}" + (" (one seed: docs/evidence.md has 5 seeds on 12 discovery cells)" if len(args.seeds) == 1 else ""))
     for path in figures:
         print(f"figure: {path}")
     print(f"VisualDL: visualdl --logdir {os.path.join(args.output, 'visualdl')}")
