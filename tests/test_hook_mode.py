@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 from paddle_dtnh import DTNH
+from paddle_dtnh import _paddle_compat as compat
 from paddle_dtnh.integrations.hub import TransferTask
 from paddle_dtnh.projection import dtnh_direction
 from tests.test_contract import Net, build, flat, pair
@@ -423,7 +424,10 @@ def test_an_empty_batch_is_named_before_anything_changes(kind, loop):
     model, reg, opt = _momentum_setup(kind)
     before = _snapshot(model, opt)
     x, y = _empty()
-    with pytest.raises(ValueError, match="empty batch"):
+    # Paddle 2.6's convolution refuses an empty batch itself, in the user's forward: also a named error,
+    # before the library sees anything (3.x runs the forward, and the library names it)
+    named = "empty batch" if compat.PADDLE_3 else "empty batch|inputs should not be 0"
+    with pytest.raises(ValueError, match=named):
         if loop == "run":
             reg.run(x)
         with reg.capture() if kind == "KnowDist" else contextlib.nullcontext() as features:
