@@ -362,7 +362,7 @@ def paired_se(source_only: int, random_only: int, num_images: int) -> float:
 
             >>> from paddle_dtnh.transferability import paired_se
             >>> round(paired_se(12, 8, 100), 4)
-            0.0443
+            0.0445
     """
     b, c, n = int(source_only), int(random_only), int(num_images)
     return math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n if n else 0.0
