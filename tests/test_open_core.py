@@ -24,6 +24,7 @@ from paddle_dtnh.conflict import ConflictRule, KeptPull
 from paddle_dtnh.references import REFERENCES, PerParameterReference, register_reference
 from paddle_dtnh.regularizers import L2SP
 from paddle_dtnh.rules import ON_CONFLICT, register_conflict_rule
+from tests.helpers import dtnh_step
 
 LAM, ALPHA = 0.7, 1.0
 
@@ -104,15 +105,8 @@ def batches(n=4):
 
 
 def one_step(opt, reg, x, y, mode):
-    out, omega = reg.run(paddle.to_tensor(x))
-    loss = F.cross_entropy(out, paddle.to_tensor(y))
-    if mode == "explicit":
-        return opt.update(loss, omega)
-    opt.regularize(omega)
-    loss.backward()
-    opt.step()
-    opt.clear_grad()
-    return opt.last_stats
+    assert opt.regularizer is reg
+    return dtnh_step(opt, paddle.to_tensor(x), paddle.to_tensor(y), mode)
 
 
 @pytest.mark.parametrize("mode", ["explicit", "hook"])
