@@ -16,7 +16,6 @@ import copy
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 import pytest
 
 from paddle_dtnh import DTNH, Rule
