@@ -116,12 +116,12 @@ def collect(records) -> dict:
     return cells
 
 
-def judge(cells: dict) -> list:
+def judge(cells: dict, min_seeds: int = 2) -> list:
     """One :class:`CellResult` per cell that has every column on >= 2 common seeds."""
     results = []
     for name, by in cells.items():
         seeds = sorted(set.intersection(*(set(by[k]) for k in REQUIRED)))
-        if len(seeds) < 2:
+        if len(seeds) < min_seeds:
             continue
         shown = [k for k, _ in RULES if all(s in by.get(k, {}) for s in seeds)]
         acc = {k: np.array([by[k][s] for s in seeds]) for k in shown}
@@ -129,7 +129,8 @@ def judge(cells: dict) -> list:
         regret = {}
         for k in shown:
             diff = acc[best] - acc[k]
-            regret[k] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(seeds))))
+            se = diff.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("nan")  # one seed: no SE
+            regret[k] = (float(diff.mean()), float(se))
         results.append(CellResult(name, seeds, {k: float(v.mean()) for k, v in acc.items()}, regret, best,
                                   [by["_fit"][s] for s in seeds]))
     return results
@@ -195,8 +196,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="the --output folder of benchmarks/auto_evidence.py")
     p.add_argument("--readme", action="store_true", help="print the README's table instead")
+    p.add_argument("--min-seeds", type=int, default=2,
+                   help="judge cells with at least this many common seeds (default: 2; 1 shows runs in progress, "
+                        "with no SE: not a verdict)")
     args = p.parse_args(argv)
-    results = judge(collect(read_records(args.folder)))
+    results = judge(collect(read_records(args.folder)), min_seeds=args.min_seeds)
     if not results:
         raise SystemExit(f"No complete cell in {args.folder}: run benchmarks/auto_evidence.py first.")
     if args.readme:
