@@ -58,6 +58,10 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
     fallback, with a warning, and reports the fallback's name: what runs is
     what the object, the log and the checkpoint say."""
     source_fit = _checked_fit(preset, fit)
+    if preset == "auto_stages":
+        warnings.warn("preset='auto_stages' lost to preset='auto' on the discovery cells (worst cell 43.5 points "
+                      "below the better baseline against 0.3, mean +4.8 against +0.0: docs/evidence.md); it is "
+                      "kept as an experiment. Use preset='auto'.", UserWarning, stacklevel=3)
     given = {k: v for k, v in options.items() if v is not UNSET}
     decision = None if source_fit is None else decide(source_fit, stages=preset == "auto_stages")
     if decision is None:
