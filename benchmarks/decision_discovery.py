@@ -32,7 +32,7 @@ for path in (_HERE, _REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from regret import collect, read_records  # noqa: E402
+from regret import branch_runs, collect, read_records  # noqa: E402
 
 from paddle_dtnh.auto import DEFAULT_POLICY, DecisionPolicy  # noqa: E402
 from paddle_dtnh.transferability import SourceFit  # noqa: E402
@@ -60,13 +60,13 @@ def judge_policy(policy, cells, fits) -> dict:
     regrets = {}
     for name, by in cells.items():
         pair = name.split(", ")[0]
-        branch_runs = {"paper": by["paper"], "never_hurt": by["never_hurt"], "off": by["finetune"]}
+        runs_of = branch_runs(by)
         seeds = sorted(set(by["finetune"]) & set(by["vanilla"]) & set(by["paper"]) & set(by["never_hurt"])
                        & {s for (p, s) in fits if p == pair})
         if len(seeds) < 2:
             continue
         best = max(np.mean([by[k][s] for s in seeds]) for k in ("finetune", "vanilla"))
-        chosen = [branch_runs[policy.branch(policy.outcome(f.advantage, f.advantage_se, f.logme_advantage))][s]
+        chosen = [runs_of[policy.branch(policy.outcome(f.advantage, f.advantage_se, f.logme_advantage))][s]
                   for s in seeds for f in [fits[(pair, s)]]]
         regrets[name] = best - float(np.mean(chosen))
     return regrets

@@ -71,6 +71,12 @@ def cell_name(pair: str, regularizer: str, lam: float) -> str:
     return f"{pair}, {regularizer} lam {lam:g}"
 
 
+def branch_runs(by: dict) -> dict:
+    """A cell's runs of each branch auto can take: ``paper`` and ``never_hurt``
+    their DTNH runs, ``off`` the fine-tuning run (bit-equal in this harness)."""
+    return {"paper": by["paper"], "never_hurt": by["never_hurt"], "off": by["finetune"]}
+
+
 def branch_of(fit: dict) -> str:
     """What auto runs on a recorded source-fit report: today's policy where the
     report has its per-image record (0.5 on), else 0.4's rule (the advantage's sign)."""
@@ -108,7 +114,7 @@ def collect(records) -> dict:
             by["auto"] = own
             choice = {s: chosen[(pair, f"dtnh_{reg}@auto", reg, lam, s)]["preset"] for s in own}
         else:  # the run of the branch its test chooses (the runs are bit-equal: tests/test_demo.py)
-            branches = {"paper": by["paper"], "never_hurt": by["never_hurt"], "off": by["finetune"]}
+            branches = branch_runs(by)
             choice = {s: branch_of(decided[s]) for s in decided}
             by["auto"] = {s: branches[choice[s]][s] for s in decided if s in branches[choice[s]]}
         by["_fit"] = {s: (choice[s], decided[s]["advantage"]) for s in choice if s in decided}
