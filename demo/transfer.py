@@ -243,7 +243,7 @@ def main(argv=None):
 
     from paddle_dtnh.data import load_dataset
     from paddle_dtnh.distributed import init_from_launcher, rank
-    from lab import method_spec, pretrain_source, run_transfer
+    from lab import method_spec, pretrain_source, run_transfer, show_library_log
 
     try:
         paddle.set_device(args.device)
@@ -251,6 +251,7 @@ def main(argv=None):
         sys.exit(f"Cannot use device {args.device!r}: {err}. Is Paddle's GPU build installed?")
     world = init_from_launcher()  # > 1 under paddle.distributed.launch
     lead = rank() == 0  # only rank 0 prints and writes
+    show_library_log()  # the library logs preset="auto"'s decision (rank 0 only); the demo shows it
     started = time.time()
     os.makedirs(args.output, exist_ok=True)
     progress = not args.no_progress and lead

@@ -9,11 +9,10 @@ the installed library; it imports paddle_dtnh, never the other way round.
 
 from .methods import CANDIDATES, METHODS, REGULARIZERS, MethodSpec, build_regularizer, check_methods, method_spec
 from .runs import (HOLDOUT_SOURCES, Recorder, RunConfig, RunStore, fit_report, goal_text, load_source, run_transfer,
-                   source_distance,
-                   summarize_diagnostics)
+                   show_library_log, source_distance, summarize_diagnostics)
 from .sources import pretrain_source
 
 __all__ = ["CANDIDATES", "METHODS", "REGULARIZERS", "MethodSpec", "build_regularizer", "check_methods",
            "method_spec", "HOLDOUT_SOURCES", "Recorder", "RunConfig", "RunStore", "goal_text", "run_transfer",
            "fit_report", "load_source",
-           "source_distance", "summarize_diagnostics", "pretrain_source"]
+           "show_library_log", "source_distance", "summarize_diagnostics", "pretrain_source"]

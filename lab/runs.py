@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -30,8 +32,7 @@ from .methods import build_regularizer, method_spec
 from .sources import augment, evaluate, progress_bar
 
 __all__ = ["RunConfig", "run_transfer", "load_source", "fit_report", "Recorder", "RunStore", "summarize_diagnostics",
-           "goal_text",
-           "HOLDOUT_SOURCES", "split_holdout"]
+           "goal_text", "show_library_log", "HOLDOUT_SOURCES", "split_holdout"]
 
 #: where a held-out reference's images come from: beyond the training set
 #: ("extra"), out of it ("budget": never trained on), rotating folds of it
@@ -39,6 +40,20 @@ __all__ = ["RunConfig", "run_transfer", "load_source", "fit_report", "Recorder",
 #: or the batch the next step trains on ("next": FTP's signal, free of extra
 #: images, but after the first epoch that batch has been trained on before)
 HOLDOUT_SOURCES = ("extra", "budget", "cross", "next")
+
+
+def show_library_log(stream=None) -> None:
+    """Print the library's INFO messages (``preset="auto"``'s source-fit
+    line) as plain lines on ``stream`` (default: stdout): the library logs
+    them and prints nothing itself. Idempotent."""
+    log = logging.getLogger("paddle_dtnh")
+    if any(getattr(h, "shown_by_lab", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.shown_by_lab = True
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 @dataclass

@@ -69,3 +69,14 @@ def check_not_empty_batch(x, where: str) -> None:
         raise ValueError(f"{where} got an empty batch (shape {list(x.shape)}): nothing to learn from, and its "
                          "mean loss is NaN. Skip empty batches in the loop (e.g. "
                          "if x.shape[0] == 0: continue). Weights, optimizer state and counters are unchanged.")
+
+
+def tensor_problems(label: str, value, like) -> list:
+    """What is wrong with a saved tensor that must match ``like`` (empty: nothing)."""
+    if not isinstance(value, paddle.Tensor):
+        return [f"{label} is a {type(value).__name__}, not a tensor"]
+    if list(value.shape) != list(like.shape):
+        return [f"{label}: shape {list(value.shape)} saved, {list(like.shape)} expected"]
+    if value.dtype != like.dtype:
+        return [f"{label}: dtype {value.dtype} saved, {like.dtype} expected"]
+    return []

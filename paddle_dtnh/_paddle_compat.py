@@ -235,7 +235,7 @@ class OptimizerFacade:
 
     # GradScaler hands found_inf to optimizers through these two
     def _set_auxiliary_var(self, key, value):
-        self._aux[key] = value
+        self.set_auxiliary_var(key, value)
 
     def _get_auxiliary_var(self, key):
         return self.auxiliary_var(key)

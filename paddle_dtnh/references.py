@@ -34,7 +34,7 @@ import paddle
 
 from . import _paddle_compat as compat
 
-from ._optim_state import tensor_problems as _tensor_problems
+from ._checks import tensor_problems as _tensor_problems
 from .distributed import all_reduce_mean
 
 __all__ = ["Reference", "BatchReference", "PerParameterReference", "MovingAverage", "HoldoutReference",

@@ -131,7 +131,7 @@ def test_a_huge_but_finite_gradient_is_not_mistaken_for_nan():
 
 
 def test_opposite_infinities_in_one_tensor_are_caught():
-    from paddle_dtnh._amp import all_finite as _all_finite
+    from paddle_dtnh.optim.amp import all_finite as _all_finite
 
     assert bool(_all_finite([paddle.to_tensor([1e30, -1e30]), None]))
     assert not bool(_all_finite([paddle.to_tensor([1.0]), paddle.to_tensor([float("inf"), float("-inf")])]))

@@ -79,7 +79,7 @@ def test_a_closed_form_gradient_counts_once_per_backward(float64):
     params = list(model.parameters())
     batches = data(3)
     sum_j = sum(flat(paddle.grad(F.cross_entropy(model(x), y), params), params) for x, y in batches)
-    go = 3 * flat(opt._reg_grads(params, None), params)  # the same weights under each micro-batch
+    go = 3 * flat(opt._explicit.gradient(params, None), params)  # the same weights under each micro-batch
     d = sum_j + 2.0 * (go - min(sum_j @ go, 0.0) / (sum_j @ sum_j) * sum_j)
     before = flat(params, params)
     for x, y in batches:
@@ -288,13 +288,16 @@ def test_explicit_mode_with_a_scaler_scales_both_backwards_and_unscales_them(kin
     model, reg, opt = setup(kind, lr=0.5, track_stats=True)
     scaler = forced_scaler(init_loss_scaling=1024.0)
     calls = []
-    real_grads = opt._reg_gradient
+    real_grads = opt._explicit.gradient
 
-    def spy(params, omega):
-        calls.append(None if omega is None else omega.numpy().reshape(-1)[0])
-        return real_grads(params, omega)
+    class Spy:  # the explicit loop's gO, recording the omega it is given
+        regularizer = real_grads.regularizer
 
-    opt._reg_gradient = spy
+        def __call__(self, params, omega, scale=None):
+            calls.append(None if omega is None else omega.numpy().reshape(-1)[0])
+            return real_grads(params, omega, scale)
+
+    opt._explicit.gradient = Spy()
     x, y = batch
     out, omega = reg.run(x)
     opt.update(F.cross_entropy(out, y), omega, scaler=scaler)
@@ -317,7 +320,7 @@ def test_without_a_scaler_nothing_changes():
 
 
 def test_half_precision_gradients_are_combined_in_float32():
-    from paddle_dtnh._amp import in_float32 as _in_float32, unscaled as _unscaled
+    from paddle_dtnh.optim.amp import in_float32 as _in_float32, unscaled as _unscaled
 
     gJ = [paddle.to_tensor([1.0, 0.0]).astype("bfloat16"), None]
     up = _in_float32(gJ)

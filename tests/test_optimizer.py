@@ -504,7 +504,7 @@ def test_ema_reference_follows_its_recurrence_and_restarts_after_a_skip():
         g = [t.numpy() for t in paddle.grad(loss, net.parameters(), retain_graph=True)]
         expected = g if expected is None else [beta * m + (1 - beta) * gi for m, gi in zip(expected, g)]
         opt.update(loss)
-        ema = opt._reference.average(names, net.parameters())
+        ema = opt.state.reference.average(names, net.parameters())
         held = opt.state_dict()["dtnh"]["ema_scaled"]  # M = m / (1 - beta), what the checkpoint keeps
         for name, m in zip(names, expected):
             np.testing.assert_allclose(ema[name].numpy(), m, rtol=1e-5, atol=1e-7)

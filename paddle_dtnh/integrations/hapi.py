@@ -5,7 +5,7 @@ from __future__ import annotations
 import paddle
 
 from .. import _paddle_compat as compat
-from ..optimizer import DTNH
+from ..optim import DTNH
 
 __all__ = ["DTNHCallback"]
 

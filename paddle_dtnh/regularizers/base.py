@@ -53,9 +53,9 @@ class TransferRegularizer(paddle.nn.Layer):
     ``reg.state_dict()`` stays empty (the source is an input, given again
     when the loss is built).
 
-    What ``forward`` takes depends on what :math:`\Omega` reads, so the two
+    What ``forward`` takes depends on what :math:`\\Omega` reads, so the two
     families' signatures differ, and :meth:`run` is the one call every loop
-    makes: a weight loss's ``forward()`` takes nothing (:math:`\Omega` reads
+    makes: a weight loss's ``forward()`` takes nothing (:math:`\\Omega` reads
     the weights only; the base :meth:`run` is ``self._model(x), self()``); a
     feature-map loss's ``forward(x, target_features)`` takes the batch and the
     features the target's forward produced (its :meth:`run` captures them

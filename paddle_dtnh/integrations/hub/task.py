@@ -7,9 +7,9 @@ import paddle
 import paddle.nn.functional as F
 
 from ..._checks import check_not_empty_batch
-from ..._construction import check_owned
+from ...optim.construction import check_owned
 from ..._layers import loss_and_accuracy
-from ...optimizer import DTNH
+from ...optim import DTNH
 
 __all__ = ["TransferTask", "held_out_loss"]
 

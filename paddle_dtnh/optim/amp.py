@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import paddle
 
-from . import _paddle_compat as compat
+from .. import _paddle_compat as compat
 
 __all__ = ["HALF", "all_finite", "in_float32", "unscaled", "scale_of", "tell_scaler"]
 

@@ -1,23 +1,30 @@
-"""What ``DTNH(...)`` checks and decides before it wraps an optimizer: the
-rule it runs (a preset, its overrides, ``"auto"``'s decision, a held-out
-rule's fallback) and whether the inner optimizer and the regularizer fit."""
+"""What ``DTNH(...)`` checks and decides before it wraps an optimizer (the
+rule it runs: a preset, its overrides, ``"auto"``'s decision, a held-out
+rule's fallback; whether the inner optimizer and the regularizer fit), and
+:func:`assemble`, which builds its parts and hands each what it needs."""
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from . import _paddle_compat as compat
-from .auto import AUTO_PRESETS, Decision, decide
-from .regularizers.base import TransferRegularizer
-from .rules import PRESETS, Rule, resolve_rule
-from .transferability import SourceFit
+from .. import _paddle_compat as compat
+from ..auto import AUTO_PRESETS, Decision, decide
+from ..regularizers.base import TransferRegularizer
+from ..rules import PRESETS, Rule, resolve_rule
+from ..references import make_reference
+from ..transferability import SourceFit
+from .checkpoint import DTNHCheckpoint, configuration
+from .explicit_loop import ExplicitLoop
+from .hook_loop import HookLoop
+from .inner_state import StructuredState, optimizer_parameters, stable_names
+from .reg_gradient import RegularizerGradient
+from .state import StepState
+from .step import Stepper
 
-__all__ = ["UNSET", "ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_owned",
-           "check_fit_source", "pulled_parameters"]
-
-#: an option the caller did not give (None is a value: ``max_reg_ratio=None``)
-UNSET = object()
+__all__ = ["ChosenRule", "choose_rule", "check_inner", "check_regularizer", "check_owned",
+           "check_fit_source", "pulled_parameters", "Parts", "assemble"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ def _preset_name(rule: Rule):
 
 
 def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> ChosenRule:
-    """``preset`` with the ``options`` given (UNSET ones left out); "auto"
+    """``preset`` with the ``options`` given (the rule's fields); "auto"
     runs what ``fit`` chose; a held-out rule without ``holdout=`` runs its
     fallback, with a warning, and reports the fallback's name: what runs is
     what the object, the log and the checkpoint say."""
@@ -62,7 +69,7 @@ def choose_rule(preset, options: dict, *, fit=None, has_holdout: bool) -> Chosen
         warnings.warn("preset='auto_stages' lost to preset='auto' on the discovery cells (worst cell 43.5 points "
                       "below the better baseline against 0.3, mean +4.8 against +0.0: docs/evidence.md); it is "
                       "kept as an experiment. Use preset='auto'.", UserWarning, stacklevel=3)
-    given = {k: v for k, v in options.items() if v is not UNSET}
+    given = dict(options)
     decision = None if source_fit is None else decide(source_fit, stages=preset == "auto_stages")
     if decision is None:
         rule = resolve_rule(preset, **given)
@@ -167,7 +174,7 @@ def pulled_parameters(decision: Decision | None, params, names, model):
         return None
     if decision.preset == "off":
         return frozenset()
-    from .models.architectures import architecture_of
+    from ..models.architectures import architecture_of
 
     arch = architecture_of(model) if model is not None else None
     if arch is None or not arch.stage_parameters:
@@ -176,3 +183,38 @@ def pulled_parameters(decision: Decision | None, params, names, model):
                          "of one, or use preset='auto'.")
     stages = set(decision.pulled_stages)
     return frozenset(id(p) for p, n in zip(params, names) if arch.stage_of(n) in stages or arch.stage_of(n) is None)
+
+
+class Parts(NamedTuple):
+    """A DTNH's parts: its parameters, the shared step, both loops, its checkpoint."""
+
+    params: list
+    stepper: Stepper
+    explicit: ExplicitLoop
+    hook: HookLoop
+    checkpoint: DTNHCheckpoint
+
+
+def assemble(optimizer, regularizer, chosen: ChosenRule, lam: float, schedule, nonfinite, observe, loop, *,
+             holdout=None, eps: float) -> Parts:
+    """Check the inner optimizer and the regularizer, then build a DTNH's
+    parts; each gets what it needs and no pointer back to the DTNH."""
+    params = optimizer_parameters(optimizer)
+    check_inner(optimizer)
+    if regularizer is not None:
+        check_regularizer(regularizer, params)
+    if chosen.source_fit is not None:
+        check_fit_source(chosen.source_fit, regularizer)
+    names = stable_names(params, loop.model)
+    reference = make_reference(chosen.rule, holdout=holdout, model=loop.model)
+    gradient = RegularizerGradient(regularizer, data_parallel=bool(loop.data_parallel),
+                                   pulled=pulled_parameters(chosen.decision, params, names, loop.model))
+    stepper = Stepper(optimizer, chosen.rule, lam, schedule, nonfinite, observe, StepState(reference), eps=eps,
+                      regularizer=regularizer)
+    hook = HookLoop(params, gradient, stepper, loop.model, accumulation=loop.accumulation,
+                    data_parallel=bool(loop.data_parallel))
+    explicit = ExplicitLoop(params, gradient, stepper, hook.pending, data_parallel=bool(loop.data_parallel))
+    config = configuration(lam=lam, lam_decay=schedule.lam_decay, preset=chosen.preset, rule=chosen.rule,
+                           source_fit=chosen.source_fit)
+    checkpoint = DTNHCheckpoint(optimizer, StructuredState(optimizer, params, names), stepper, names, params, config)
+    return Parts(params, stepper, explicit, hook, checkpoint)

@@ -27,9 +27,10 @@ import weakref
 
 import paddle
 
-from . import _amp as amp
-from . import _paddle_compat as compat
-from .distributed import synchronised
+from . import amp
+from .. import _paddle_compat as compat
+from ..distributed import synchronised
+from .step import trainable
 
 __all__ = ["PendingRegularizer", "HookLoop"]
 
@@ -67,10 +68,17 @@ def _batch_size(inputs):
 
 
 class PendingRegularizer:
-    """gO summed over the micro-batches since the last step, with the checks above."""
+    """gO summed over the micro-batches since the last step, with the checks above.
 
-    def __init__(self, dtnh):
-        self._dtnh = dtnh
+    Args:
+        gradient (RegularizerGradient): gO (its regularizer: which forwards to watch).
+        params (list): the optimizer's parameters (their backward passes are counted).
+        model (paddle.nn.Layer|None): the network trained (its forwards give the batch size).
+        accumulation (str): ``"sum"`` or ``"mean"``.
+    """
+
+    def __init__(self, gradient, params, model, *, accumulation: str):
+        self.gradient, self.accumulation = gradient, accumulation
         self._hooked = set()  # id(param) with a counting hook
         self._handles = []  # removed with this object: re-wrapping a model leaves no hooks behind
         # a finalizer, not __del__: it holds the handles itself, so it runs and removes them also when
@@ -80,30 +88,33 @@ class PendingRegularizer:
         self._last_output = None  # the regularizer model's last output with a graph
         self.last_batch = None  # images in the model's last forward with a graph (a Python int)
         self.clear()
-        reg = dtnh.regularizer
+        reg = gradient.regularizer
         anchored = reg is not None and not reg.has_closed_form and reg.model is not None
         if reg is not None:
-            for p in dtnh.parameters:
+            for p in params:
                 self._hook(p)
             if anchored:
                 self._watch_forwards(reg.model, anchor=True)
-        if dtnh.model is not None and not (anchored and dtnh.model is reg.model):
-            self._watch_forwards(dtnh.model, anchor=False)
+        if model is not None and not (anchored and model is reg.model):
+            self._watch_forwards(model, anchor=False)
 
     def _watch_forwards(self, model, anchor: bool) -> None:
         owner = weakref.ref(self)
 
         def keep(layer, inputs, output):
             me = owner()
-            if me is None:
-                return
-            graph = _graph_tensor(output)
-            if anchor:
-                me._last_output = graph
-            if graph is not None:  # a training forward, not an evaluation under no_grad
-                me.last_batch = _batch_size(inputs)
+            if me is not None:
+                me.saw_forward(inputs, output, anchor)
 
         self._handles.append(model.register_forward_post_hook(keep))
+
+    def saw_forward(self, inputs, output, anchor: bool) -> None:
+        """A forward of a watched model ran: keep its output (the anchor) and batch size."""
+        graph = _graph_tensor(output)
+        if anchor:
+            self._last_output = graph
+        if graph is not None:  # a training forward, not an evaluation under no_grad
+            self.last_batch = _batch_size(inputs)
 
     def check_batch(self, where: str) -> None:
         """ValueError, before anything changes, when the last training forward
@@ -133,10 +144,14 @@ class PendingRegularizer:
         def count(grad):
             me = owner()
             if me is not None:
-                me._counts[key] = me._counts.get(key, 0) + 1
+                me.saw_backward(key)
 
         self._handles.append(param.register_hook(count))
         self._hooked.add(key)
+
+    def saw_backward(self, key) -> None:
+        """A backward pass reached parameter ``key``."""
+        self._counts[key] = self._counts.get(key, 0) + 1
 
     def take_anchor(self) -> list:
         """The last forward's output, handed over once: its backward marks the token."""
@@ -175,7 +190,7 @@ class PendingRegularizer:
         tokens, total, omega, ids = self._tokens, self._sum, self._omega, self._ids
         passes = self.backward_passes()
         self.clear()
-        reg = self._dtnh.regularizer
+        reg = self.gradient.regularizer
         if tokens and ids != [id(p) for p in params]:
             raise RuntimeError("The trainable parameters changed between regularize() and step().")
         unseen = sum(1 for t in tokens if t.anchored and not t.seen)
@@ -192,7 +207,7 @@ class PendingRegularizer:
                 f"regularize() ran {len(tokens)} time(s) but loss.backward() {passes} time(s) since the last "
                 f"step: the gradients cannot be paired. Expected order: {_ORDER}. Weights and optimizer state "
                 "are unchanged.")
-        mean = self._dtnh.accumulation == "mean"
+        mean = self.accumulation == "mean"
         if tokens:
             if mean and len(tokens) > 1:  # the loop backpropagated loss / k: gJ is the micro-batches' mean
                 total = [None if g is None else g.scale_(1.0 / len(tokens)) for g in total]
@@ -207,7 +222,7 @@ class PendingRegularizer:
                 f"loss.backward() ran {passes} time(s) without opt.regularize(omega), which "
                 f"{type(reg).__name__} needs (its gradient is not known in closed form). Expected order: "
                 f"{_ORDER}; hub.Trainer and paddle.Model do this through paddle_dtnh.integrations.hub.TransferTask.")
-        grads = self._dtnh._reg_grads(params, None)
+        grads = self.gradient(params, None)
         if passes > 1 and not mean:  # accumulated micro-batches: gJ is a sum of that many gradients, so is gO
             grads = [None if g is None else g.scale_(float(passes)) for g in grads]
         return grads, None
@@ -215,23 +230,33 @@ class PendingRegularizer:
 
 class HookLoop:
     """``regularize(omega)`` per micro-batch, the loop's ``backward()``, then
-    ``step()``, for one :class:`~paddle_dtnh.DTNH`: gO taken and paired here,
-    gJ read from ``p.grad``, then the shared step."""
+    ``step()``: gO taken and paired here, gJ read from ``p.grad``, then the
+    shared step.
 
-    def __init__(self, dtnh):
-        self.dtnh = dtnh
-        self.pending = PendingRegularizer(dtnh)
+    Args:
+        params (list): the optimizer's parameters.
+        gradient (RegularizerGradient): gO.
+        stepper (Stepper): the shared step (its observation: whether a logger waits for the loss).
+        model (paddle.nn.Layer|None): the network trained.
+        accumulation (str): ``"sum"`` or ``"mean"``.
+        data_parallel (bool): average ``p.grad`` across ranks where DataParallel did not.
+    """
+
+    def __init__(self, params, gradient, stepper, model, *, accumulation: str, data_parallel: bool):
+        self.params, self.gradient, self.stepper, self.data_parallel = params, gradient, stepper, data_parallel
+        self.pending = PendingRegularizer(gradient, params, model, accumulation=accumulation)
+        self.scaler_aux = {}  # GradScaler's auxiliary variables (found_inf), set through the optimizer
         self._noted_loss = None  # from note_task_loss(), for the logs
         self._warned_no_loss = False
 
     def regularize(self, omega, *, scaler=None):
-        if self.dtnh.regularizer is None:
+        if self.gradient.regularizer is None:
             raise ValueError("regularize() was called but this DTNH has no regularizer.")
         self.pending.check_batch("regularize()")
-        params = self.dtnh._trainable()
+        params = trainable(self.params)
         scale = amp.scale_of(scaler)
         try:
-            grads = self.dtnh._reg_grads(params, omega if scale is None else scaler.scale(omega))
+            grads = self.gradient(params, omega if scale is None else scaler.scale(omega), scale)
         except (SystemError, RuntimeError) as err:
             if not compat.is_freed_graph_error(err):
                 raise
@@ -239,21 +264,25 @@ class HookLoop:
                 "regularize(omega) came after loss.backward() of the same forward pass, which freed the graph "
                 f"omega's gradient needs. Expected order: {_ORDER}. Weights and optimizer state are "
                 "unchanged.") from err
-        if scale is not None:
-            grads = self.dtnh._unscaled_reg(grads, scale)
         self.pending.add(params, grads, omega.detach(), self.pending.take_anchor())
         return omega.detach()
 
     def note_task_loss(self, loss):
         self._noted_loss = loss.detach()
 
-    def step(self, loss=None):
+    def clear(self) -> None:
+        """Drop what waits for the next step (``clear_grad``)."""
+        self.pending.clear()
+        self.scaler_aux.clear()
+
+    def step(self, loss=None) -> dict:
         self.pending.check_batch("step()")
-        if loss is not None and self.dtnh._aux.get("found_inf") is not None:
+        logged = self.stepper.observation.logger is not None
+        if loss is not None and self.scaler_aux.get("found_inf") is not None:
             # GradScaler.minimize(opt, loss) hands on its argument, which paddle.Model's AMP and Paddle's
             # examples scale: logged, it would be the task loss times the loss scale
             loss = None
-            if self._noted_loss is None and self.dtnh.logger is not None and not self._warned_no_loss:
+            if self._noted_loss is None and logged and not self._warned_no_loss:
                 self._warned_no_loss = True
                 warnings.warn(
                     "DTNH.minimize() got its loss from GradScaler.minimize, which is scaled by the loss "
@@ -263,7 +292,7 @@ class HookLoop:
                 )
         loss = loss if loss is not None else self._noted_loss
         self._noted_loss = None
-        if loss is None and self.dtnh.logger is not None and not self._warned_no_loss:
+        if loss is None and logged and not self._warned_no_loss:
             self._warned_no_loss = True
             warnings.warn(
                 "DTNH.step() got no empirical loss, so its logger cannot write it: wrap the model in "
@@ -271,12 +300,12 @@ class HookLoop:
                 "opt.note_task_loss(loss) or opt.step(loss).",
                 stacklevel=2,
             )
-        params = self.dtnh._trainable()
+        params = trainable(self.params)
         reg_grads, omega = self.pending.collect(params)
         # under data parallelism: averaged here unless DataParallel's reducer already did
         task_grads = [p.grad if compat.has_grad(p) else None for p in params]
-        if self.dtnh.data_parallel:
+        if self.data_parallel:
             task_grads = synchronised(task_grads)
-        scaler_driven = self.dtnh._aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
-        self.dtnh._step_along(params, task_grads, reg_grads, loss, omega, owns_grads=False,
-                              scaler_driven=scaler_driven)
+        scaler_driven = self.scaler_aux.pop("found_inf", None) is not None  # GradScaler.step / minimize
+        return self.stepper(params, task_grads, reg_grads, loss, omega, owns_grads=False,
+                            scaler_driven=scaler_driven)

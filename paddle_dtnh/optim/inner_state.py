@@ -12,24 +12,14 @@ from __future__ import annotations
 
 import paddle
 
-from . import _paddle_compat as compat
+from .. import _paddle_compat as compat
+from .._checks import tensor_problems
 
-__all__ = ["FORMAT", "StructuredState", "optimizer_parameters", "stable_names", "tensor_problems"]
+__all__ = ["FORMAT", "StructuredState", "optimizer_parameters", "stable_names"]
 
 FORMAT = "paddle_dtnh.optimizer/2"
 #: entries of a Paddle optimizer's state dict that are not accumulators
 _EXTRAS = ("LR_Scheduler", "master_weights")
-
-
-def tensor_problems(label: str, value, like) -> list:
-    """What is wrong with a saved tensor that must match ``like`` (empty: nothing)."""
-    if not isinstance(value, paddle.Tensor):
-        return [f"{label} is a {type(value).__name__}, not a tensor"]
-    if list(value.shape) != list(like.shape):
-        return [f"{label}: shape {list(value.shape)} saved, {list(like.shape)} expected"]
-    if value.dtype != like.dtype:
-        return [f"{label}: dtype {value.dtype} saved, {like.dtype} expected"]
-    return []
 
 
 def optimizer_parameters(optimizer) -> list:
@@ -67,7 +57,7 @@ class StructuredState:
         .. code-block:: python
 
             >>> import paddle
-            >>> from paddle_dtnh._optim_state import StructuredState
+            >>> from paddle_dtnh.optim.inner_state import StructuredState
             >>> net = paddle.nn.Linear(2, 2)
             >>> opt = paddle.optimizer.Momentum(0.1, parameters=net.parameters())
             >>> (net(paddle.ones([1, 2])) ** 2).sum().backward()

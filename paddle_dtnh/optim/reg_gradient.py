@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import paddle
 
-from .distributed import all_reduce_mean
+from . import amp
+from ..distributed import all_reduce_mean
 
 __all__ = ["RegularizerGradient", "check_omega"]
 
@@ -45,9 +46,11 @@ def _no_path(regularizer) -> ValueError:
 class RegularizerGradient:
     """gO of one regularizer, aligned with the parameters asked for (None
     where Omega does not depend on one); fresh tensors (DTNH combines in place).
+    Without a regularizer, gO is None everywhere and an ``omega`` is an error:
+    the one "no regularizer" check of every loop.
 
     Args:
-        regularizer (TransferRegularizer): the loss.
+        regularizer (TransferRegularizer|None): the loss.
         data_parallel (bool): average ``paddle.grad`` gradients across the
             ranks (a closed form is the same on every rank: never averaged).
         pulled (set, optional): ids of the parameters whose gO is kept
@@ -61,7 +64,23 @@ class RegularizerGradient:
         self.pulled = pulled
         self._path_checked = False  # a closed form's omega is checked for its path once
 
-    def __call__(self, params: list, omega) -> list:
+    def __call__(self, params: list, omega, scale=None) -> list:
+        """gO of ``omega`` (a scaled one, unscaled by ``scale``: a GradScaler's
+        loss scale; a closed form never saw the scale)."""
+        self.refuse_without_regularizer(omega)
+        if self.regularizer is None:
+            return [None] * len(params)
+        grads = self._kept(params, omega)
+        if scale is None or self.regularizer.has_closed_form:
+            return grads
+        return amp.unscaled(grads, scale)
+
+    def refuse_without_regularizer(self, omega) -> None:
+        """ValueError for an ``omega`` given to a DTNH that has no regularizer."""
+        if self.regularizer is None and omega is not None:
+            raise ValueError("omega was given but this DTNH has no regularizer.")
+
+    def _kept(self, params: list, omega) -> list:
         if self.pulled is None:
             return self._all(params, omega)
         if not self.pulled:  # the pull is off: omega is still checked, for the logs
@@ -92,9 +111,11 @@ class RegularizerGradient:
         return all_reduce_mean(grads) if self.data_parallel else list(grads)
 
     def check(self, omega) -> None:
-        """``omega`` is Omega of this regularizer: a scalar with a gradient
+        """``omega`` is Omega of this regularizer (a DTNH without one refuses
+        it): a scalar with a gradient
         path (its path to the parameters is checked once: a closed form's
         steady state has no extra pass)."""
+        self.refuse_without_regularizer(omega)
         check_omega(self.regularizer, omega)
         if self.regularizer.has_closed_form and not self._path_checked:
             reached = paddle.grad(omega, self.regularizer.regularized_parameters(), retain_graph=True,

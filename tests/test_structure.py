@@ -1,0 +1,142 @@
+"""DTNH's parts take what they need: no module reads another object's private
+members, the state is one object and the step a function of it, the class
+stays small, the constructor groups its options, the library prints nothing."""
+
+import ast
+import copy
+import logging
+import pathlib
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddle_dtnh import DTNH, PRESETS
+from paddle_dtnh.optim import LamSchedule, NonFinitePolicy, Observation, StepState, take_step
+from paddle_dtnh.references import BatchReference
+from paddle_dtnh.regularizers import L2SP
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "paddle_dtnh"
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "_paddle_compat.py")
+
+
+def test_no_module_reads_another_objects_private_members():
+    found = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "\n".join(found)
+
+
+def _code_lines(node, source_lines) -> int:
+    """Lines of a class that are code: no blank line, comment or docstring."""
+    docstrings = set()
+    for sub in ast.walk(node):
+        body = getattr(sub, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    lines = range(node.lineno, node.end_lineno + 1)
+    return sum(1 for i in lines if i not in docstrings and source_lines[i - 1].strip()
+               and not source_lines[i - 1].strip().startswith("#"))
+
+
+def test_the_dtnh_class_is_at_most_150_lines_of_code():
+    path = PACKAGE / "optim" / "dtnh.py"
+    source = path.read_text()
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "DTNH")
+    count = _code_lines(cls, source.splitlines())
+    assert 60 < count <= 150, count  # the lower bound: the counter counts
+
+
+def test_the_library_prints_nothing_outside_its_command_line_module():
+    printing = [f"{p.relative_to(PACKAGE)}:{n.lineno}" for p in _modules() if p.name != "cli.py"
+                for n in ast.walk(ast.parse(p.read_text()))
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+    assert not printing, printing
+
+
+def test_take_step_returns_the_direction_the_stats_and_a_new_state():
+    w = paddle.create_parameter([2], "float32")
+    state = StepState(BatchReference())
+    step = take_step(PRESETS["paper"], 2.0, state, [w], [paddle.to_tensor([1.0, 0.0])],
+                     [paddle.to_tensor([-1.0, 1.0])], with_stats=True)
+    # paper: gO' = gO - min(<gJ,gO>, 0)/|gJ|^2 gJ = [0, 1]; d = gJ + 2 gO'
+    assert step.directions[0].tolist() == [1.0, 2.0] and step.stats["lam"] == 2.0
+    assert step.state.num_steps == 1 and state.num_steps == 0  # the old state is untouched
+    bad = take_step(PRESETS["paper"], 1.0, step.state, [w], [paddle.to_tensor([np.nan, 0.0])],
+                    [paddle.to_tensor([1.0, 1.0])])
+    assert bad.directions is None and bad.stats == {"skipped": True}
+    assert (bad.state.num_steps, bad.state.skipped_steps, bad.state.consecutive_skips) == (1, 1, 1)
+
+
+def _setup(seed=0, **options):
+    paddle.seed(seed)
+    source = paddle.nn.Linear(4, 3)
+    model = paddle.nn.Linear(4, 3)
+    model.set_state_dict(source.state_dict())
+    reg = L2SP(model, source, alpha=0.1, beta=0.01)
+    opt = DTNH(paddle.optimizer.Momentum(0.1, parameters=model.parameters()), reg, lam=1.0, **options)
+    return model, reg, opt
+
+
+def _train(model, reg, opt, steps=4):
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        x = paddle.to_tensor(rng.standard_normal((8, 4)).astype(np.float32))
+        y = paddle.to_tensor(rng.integers(0, 3, 8))
+        logits, omega = reg.run(x)
+        opt.update(F.cross_entropy(logits, y), omega)
+    return [p.numpy().copy() for p in model.parameters()]
+
+
+def test_the_grouped_options_and_the_flat_keywords_run_the_same_steps():
+    flat = _setup(lam_decay=0.5, steps_per_epoch=2, on_nonfinite="raise", track_stats=True)
+    grouped = _setup(schedule=LamSchedule(lam_decay=0.5, steps_per_epoch=2), nonfinite=NonFinitePolicy("raise"),
+                     observe=Observation(track_stats=True))
+    for a, b in zip(_train(*flat), _train(*grouped)):
+        assert np.array_equal(a, b)
+    assert flat[2].lam == grouped[2].lam == 0.25 and grouped[2].on_nonfinite == "raise"
+    assert "angle_gj_go" in grouped[2].last_stats or len(grouped[2].last_stats) > 4
+
+
+def test_bad_options_name_the_groups():
+    with pytest.raises(TypeError, match="both as keyword"):
+        _setup(lam_decay=0.5, schedule=LamSchedule(0.9))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['lam_deacy'\].*schedule="):
+        _setup(lam_deacy=0.5)
+    with pytest.raises(TypeError, match="LamSchedule"):
+        _setup(schedule={"lam_decay": 0.5})
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        NonFinitePolicy("ignore")
+
+
+def test_the_checkpoint_saves_and_restores_the_state_object():
+    model, reg, opt = _setup(reference="ema", on_conflict="drop")
+    _train(model, reg, opt, steps=3)
+    saved = copy.deepcopy(opt.state_dict())
+    model2, reg2, opt2 = _setup(reference="ema", on_conflict="drop")  # the same source, fresh state
+    model2.set_state_dict(model.state_dict())
+    opt2.set_state_dict(saved)
+    assert isinstance(opt2.state, StepState) and opt2.state.num_steps == 3 == opt.num_steps
+    names = [n for n, _ in model.named_parameters()]
+    a = opt.state.reference.average(names, model.parameters())
+    b = opt2.state.reference.average(names, model2.parameters())
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    for p, q in zip(_train(model, reg, opt), _train(model2, reg2, opt2)):
+        assert np.array_equal(p, q)
+
+
+def test_the_source_fit_line_is_logged_on_the_library_logger(capsys, caplog):
+    from tests.test_source_fit import _fit, _run
+
+    with caplog.at_level(logging.INFO, logger="paddle_dtnh"):
+        _run("auto", _fit("fits"))
+    assert capsys.readouterr().out == ""
+    assert [r.levelno for r in caplog.records if r.name == "paddle_dtnh"] == [logging.INFO]
