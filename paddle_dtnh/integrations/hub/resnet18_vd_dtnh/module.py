@@ -24,7 +24,8 @@ import paddle.nn.functional as F
 from paddlehub.module.module import moduleinfo
 
 from paddle_dtnh import _paddle_compat as compat
-from paddle_dtnh._layers import IMAGE_SPEC, evaluating, loss_and_accuracy
+from paddle_dtnh._layers import IMAGE_SPEC, evaluating
+from paddle_dtnh.integrations.task import classification_step
 from paddle_dtnh.io.files import read_state_dict
 from paddle_dtnh.integrations.hub.transforms import imagenet_transform
 from paddle_dtnh.models.resnet_vd import WEIGHTS_FILE, ResNet18VD, load_resnet18_vd_weights
@@ -140,9 +141,8 @@ class ResNet18VDModule(ResNet18VD):
         return [{names[i]: float(p[i]) for i in np.argsort(-p)[:top_k]} for p in probs]
 
     def _step(self, batch):
-        logits, _ = self(batch[0])
-        loss, acc = loss_and_accuracy(logits, batch[1])
-        return {"loss": loss, "metrics": {"acc": acc}}
+        loss, metrics = classification_step(self(batch[0]), batch[1])  # the same loss as TransferTask's
+        return {"loss": loss, "metrics": metrics}
 
     def training_step(self, batch, batch_idx):
         return self._step(batch)
