@@ -140,3 +140,24 @@ def test_the_source_fit_line_is_logged_on_the_library_logger(capsys, caplog):
         _run("auto", _fit("fits"))
     assert capsys.readouterr().out == ""
     assert [r.levelno for r in caplog.records if r.name == "paddle_dtnh"] == [logging.INFO]
+
+
+def test_a_checkpoint_written_by_0_4_0_resumes_bit_equal():
+    """tests/data/dtnh-0.4.0.pdparams was written by 0.4.0's own code
+    (tests/data/make_0_4_checkpoint.py says how); resumed here, three more
+    steps reach 0.4.0's weights bit for bit."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).parent / "data"
+    spec = importlib.util.spec_from_file_location("make_0_4", path / "make_0_4_checkpoint.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    saved = paddle.load(str(path / "dtnh-0.4.0.pdparams"))
+    assert saved["version"] == "0.4.0"
+    model, reg, opt = maker.build()
+    model.set_state_dict(saved["model"])
+    opt.set_state_dict(saved["optimizer"])
+    assert opt.num_steps == 3 and opt.lam == 0.5
+    maker.train(model, reg, opt, maker.batches()[3:])
+    for name, value in model.state_dict().items():
+        assert np.array_equal(value.numpy(), np.asarray(saved["after"][name])), name

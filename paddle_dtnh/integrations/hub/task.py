@@ -27,10 +27,8 @@ class TransferTask(ClassificationTask):
       and ``validation_step`` return ``{'loss', 'metrics': {'acc'}}``.
     * paddle.Model: ``paddle.Model(task).prepare(optimizer, CrossEntropyLoss())``.
 
-    Args:
-        model (paddle.nn.Layer): the target classifier (the one the
-            regularizer and the optimizer were built on).
-        optimizer (DTNH): the DTNH optimizer that trains it.
+    Args: ``model``, the target classifier, and ``optimizer``, its DTNH, as
+    :class:`~paddle_dtnh.integrations.task.RegularizedTask` takes them.
 
     Examples:
         .. code-block:: python
