@@ -54,6 +54,7 @@ def show_library_log(stream=None) -> None:
     handler.shown_by_lab = True
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False  # once, even where the root logger has a handler of its own
 
 
 @dataclass

@@ -137,9 +137,9 @@ class ClassificationTask(RegularizedTask):
         return linears[-1].weight.shape[1] if linears else None
 
     def check_batch(self, batch) -> None:
-        images, labels = batch[0], batch[1].reshape([-1, 1])
+        images, labels = batch[0], batch[1].reshape([-1, 1]).astype("int64")
         channels, num_classes = self._input_channels(), self._num_classes()
-        check_not_empty_batch(images, "TransferTask")
+        check_not_empty_batch(images, type(self).__name__)
         if channels is not None and (images.ndim != 4 or images.shape[1] != channels):
             raise ValueError(
                 f"Expected images of shape [batch, {channels}, height, width], got {list(images.shape)}. "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import _paddle_compat as compat
+from .._checks import check_nonnegative, check_positive
 from ..auto import AUTO_PRESETS, Decision, decide
 from ..regularizers.base import TransferRegularizer
 from ..rules import PRESETS, Rule, resolve_rule
@@ -118,7 +119,7 @@ def _coupled_weight_decay(optimizer):
     return None
 
 
-def check_inner(optimizer) -> None:
+def check_inner(optimizer, stacklevel: int = 3) -> None:
     """The inner optimizer's weight decay: a transfer regularizer there is
     an error (it would bypass DTNH), any other decay a warning (it is added
     after the projection)."""
@@ -139,7 +140,7 @@ def check_inner(optimizer) -> None:
             f"The inner optimizer has weight_decay={found[0]!r}: it is added after the "
             "DTNH projection and is never projected. To regularize under DTNH, use "
             "paddle_dtnh.regularizers.L2 (or L2SP) as the regularizer instead.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -195,16 +196,17 @@ class Parts(NamedTuple):
     checkpoint: DTNHCheckpoint
 
 
-def assemble(optimizer, regularizer, chosen: ChosenRule, lam: float, schedule, nonfinite, observe, loop, *,
+def assemble(optimizer, regularizer, chosen: ChosenRule, schedule, nonfinite, observe, loop, *, lam: float,
              holdout=None, eps: float) -> Parts:
-    """Check the inner optimizer and the regularizer, then build a DTNH's
-    parts; each gets what it needs and no pointer back to the DTNH."""
+    """Check the inner optimizer, the regularizer, ``lam`` and ``eps``, then
+    build a DTNH's parts; each gets what it needs and no pointer back to it."""
     params = optimizer_parameters(optimizer)
-    check_inner(optimizer)
+    check_inner(optimizer, stacklevel=4)  # the warning points at the user's DTNH(...) line
     if regularizer is not None:
         check_regularizer(regularizer, params)
     if chosen.source_fit is not None:
         check_fit_source(chosen.source_fit, regularizer)
+    lam, eps = check_nonnegative("lam", lam), check_positive("eps", eps)
     names = stable_names(params, loop.model)
     reference = make_reference(chosen.rule, holdout=holdout, model=loop.model)
     gradient = RegularizerGradient(regularizer, data_parallel=bool(loop.data_parallel),

@@ -27,14 +27,13 @@ from dataclasses import replace
 import paddle
 
 from .. import _paddle_compat as compat
-from .._checks import check_nonnegative, check_positive
 from ..diagnostics import notify_source_fit
 from ..distributed import rank
 from ..regularizers.base import TransferRegularizer
 from ..rules import Rule
 from .construction import assemble, choose_rule
 from .options import (ACCUMULATIONS, NONFINITE_POLICIES, LamSchedule, LoopOptions, NonFinitePolicy, Observation,
-                      group_options, with_model)
+                      group_options, rule_options, with_model)
 
 __all__ = ["DTNH", "ACCUMULATIONS", "NONFINITE_POLICIES"]
 
@@ -144,18 +143,14 @@ class DTNH(compat.OptimizerFacade):
                  preset: str | Rule = "paper", fit=None, holdout=None, schedule: LamSchedule | None = None,
                  nonfinite: NonFinitePolicy | None = None, observe: Observation | None = None,
                  loop: LoopOptions | None = None, eps: float = 1e-20, **options):
+        self._chosen = choose_rule(preset, rule_options(options), fit=fit, has_holdout=holdout is not None)
+        schedule, nonfinite, observe, loop = group_options(
+            options, schedule=schedule, nonfinite=nonfinite, observe=observe, loop=loop)
         if isinstance(optimizer, DTNH):
             raise TypeError("optimizer is already wrapped in DTNH; wrap the inner optimizer once.")
-        rule_options, schedule, nonfinite, observe, loop = group_options(
-            options, schedule=schedule, nonfinite=nonfinite, observe=observe, loop=loop)
-        chosen = choose_rule(preset, rule_options, fit=fit, has_holdout=holdout is not None)
-        self.rule, self.preset, self.source_fit, self.decision = (chosen.rule, chosen.preset, chosen.source_fit,
-                                                                  chosen.decision)
-        self.regularizer, self.lam0, self.eps = regularizer, check_nonnegative("lam", lam), check_positive("eps", eps)
         self._loop = with_model(loop, regularizer)
-        self.model = self._loop.model
-        parts = assemble(optimizer, regularizer, chosen, self.lam0, schedule, nonfinite, observe, self._loop,
-                         holdout=holdout, eps=self.eps)
+        parts = assemble(optimizer, regularizer, self._chosen, schedule, nonfinite, observe, self._loop,
+                         lam=lam, holdout=holdout, eps=eps)
         self._inner, self._params = optimizer, parts.params
         self._stepper, self._explicit, self._hook, self._checkpoint = parts.stepper, parts.explicit, parts.hook, \
             parts.checkpoint
@@ -164,7 +159,15 @@ class DTNH(compat.OptimizerFacade):
                 _log.info("DTNH preset %r: %s", self.preset, self.source_fit.summary(self.decision))
             notify_source_fit(self.logger, self.source_fit)
 
-    # -- the rule's fields, the groups' settings and the state, read-only -------
+    # -- what it was built with, the groups' settings and the state: read-only ---
+    rule = property(lambda self: self._chosen.rule, doc="The :class:`~paddle_dtnh.Rule` that runs.")
+    preset = property(lambda self: self._chosen.preset, doc="The preset's name (None for a Rule object).")
+    source_fit = property(lambda self: self._chosen.source_fit, doc="``preset='auto'``'s SourceFit, or None.")
+    decision = property(lambda self: self._chosen.decision, doc="``preset='auto'``'s Decision, or None.")
+    regularizer = property(lambda self: self._stepper.regularizer)
+    model = property(lambda self: self._loop.model, doc="The network trained (its names key the state).")
+    lam0 = property(lambda self: self._stepper.lam0, doc="``lam`` as given.")
+    eps = property(lambda self: self._stepper.eps)
     granularity = property(lambda self: self.rule.granularity)
     reference = property(lambda self: self.rule.reference)
     max_reg_ratio = property(lambda self: self.rule.max_reg_ratio)

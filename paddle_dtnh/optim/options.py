@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from .._checks import check_choice, check_positive_int, check_ratio
 
 __all__ = ["RULE_OPTIONS", "ACCUMULATIONS", "NONFINITE_POLICIES", "LamSchedule", "NonFinitePolicy",
-           "Observation", "LoopOptions", "group_options"]
+           "Observation", "LoopOptions", "rule_options", "group_options", "with_model"]
 
 #: A preset's fields a DTNH may override (see :class:`paddle_dtnh.Rule`).
 RULE_OPTIONS = ("granularity", "on_conflict", "reference", "max_reg_ratio", "ema_decay", "holdout_every")
@@ -103,44 +103,52 @@ class LoopOptions:
 _GROUPS = {"schedule": LamSchedule, "nonfinite": NonFinitePolicy, "observe": Observation, "loop": LoopOptions}
 
 
+def rule_options(flat: dict) -> dict:
+    """The rule's fields among the flat keywords (:data:`RULE_OPTIONS`)."""
+    return {k: v for k, v in flat.items() if k in RULE_OPTIONS}
+
+
 def group_options(flat: dict, **groups) -> tuple:
-    """``(rule overrides, LamSchedule, NonFinitePolicy, Observation, LoopOptions)``
-    from the flat keywords and the group objects given; TypeError for an
-    unknown keyword, or for one given both flat and in its group.
+    """``(LamSchedule, NonFinitePolicy, Observation, LoopOptions)`` from the
+    flat keywords and the group objects given (a flat keyword fills its
+    group's field). TypeError for an unknown keyword, a group of the wrong
+    type, or a field set to two different values, flat and in its group.
 
     Examples:
         .. code-block:: python
 
-            >>> from paddle_dtnh.optim.options import group_options
-            >>> rule, schedule, nonfinite, observe, loop = group_options(
-            ...     {"granularity": "layer", "lam_decay": 0.5}, observe=None)
-            >>> rule, schedule.lam_decay, nonfinite.on_nonfinite
-            ({'granularity': 'layer'}, 0.5, 'skip')
+            >>> from paddle_dtnh.optim.options import Observation, group_options
+            >>> schedule, nonfinite, observe, loop = group_options(
+            ...     {"granularity": "layer", "lam_decay": 0.5, "track_stats": True},
+            ...     observe=Observation(logger=None))
+            >>> schedule.lam_decay, nonfinite.on_nonfinite, observe.track_stats
+            (0.5, 'skip', True)
     """
-    unknown = set(groups) - set(_GROUPS)
-    if unknown:
-        raise TypeError(f"Unknown option group(s) {sorted(unknown)}; the groups are {sorted(_GROUPS)}.")
-    rule = {k: v for k, v in flat.items() if k in RULE_OPTIONS}
-    built = []
-    for key, cls in _GROUPS.items():
-        names = [f.name for f in fields(cls)]
-        given = {k: v for k, v in flat.items() if k in names}
-        group = groups.get(key)
-        if group is None:
-            built.append(cls(**given))
-            continue
-        if not isinstance(group, cls):
-            raise TypeError(f"{key}= must be a paddle_dtnh.optim.{cls.__name__}, got {type(group).__name__}.")
-        if given:
-            raise TypeError(f"{sorted(given)} given both as keyword(s) and in {key}=; pass one.")
-        built.append(group)
     known = set(RULE_OPTIONS).union(*[{f.name for f in fields(c)} for c in _GROUPS.values()])
     stray = sorted(set(flat) - known)
     if stray:
         raise TypeError(f"DTNH() got unexpected keyword argument(s) {stray}; it takes lam, preset, fit, holdout, "
                         f"eps, the rule's {list(RULE_OPTIONS)} and the groups' fields: "
                         + "; ".join(f"{k}= ({', '.join(f.name for f in fields(c))})" for k, c in _GROUPS.items()))
-    return (rule, *built)
+    unknown = set(groups) - set(_GROUPS)
+    if unknown:
+        raise TypeError(f"Unknown option group(s) {sorted(unknown)}; the groups are {sorted(_GROUPS)}.")
+    built = []
+    for key, cls in _GROUPS.items():
+        given = {f.name: flat[f.name] for f in fields(cls) if f.name in flat}
+        group = groups.get(key)
+        if group is None:
+            built.append(cls(**given))
+            continue
+        if not isinstance(group, cls):
+            raise TypeError(f"{key}= must be a paddle_dtnh.optim.{cls.__name__}, got {type(group).__name__}.")
+        defaults = {f.name: f.default for f in fields(cls)}
+        clash = sorted(k for k, v in given.items() if getattr(group, k) is not v
+                       and getattr(group, k) != defaults[k] and getattr(group, k) != v)
+        if clash:
+            raise TypeError(f"{clash} given two values, as keyword(s) and in {key}=; pass one.")
+        built.append(replace(group, **given) if given else group)
+    return tuple(built)
 
 
 def with_model(loop: LoopOptions, regularizer) -> LoopOptions:

@@ -17,7 +17,8 @@ class StepState:
     A step returns a new ``StepState`` (:func:`paddle_dtnh.optim.step.take_step`);
     the counters are replaced, never mutated. The reference is the one
     object shared from state to state: its buffers (a moving average, a
-    held-out gradient) are gradient-sized, so it updates them in place.
+    held-out gradient) are gradient-sized, so it updates them in place
+    (and :meth:`skipped` restarts it).
 
     Examples:
         .. code-block:: python

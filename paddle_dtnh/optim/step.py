@@ -47,9 +47,12 @@ def take_step(rule, lam: float, state: StepState, params, task_grads, reg_grads,
     (``task_grads``) and gO (``reg_grads``), judged against the reference of
     ``state``, its stats, and the new state (a non-finite direction: skipped).
 
-    Gradients may be half precision (combined in float32, the direction cast
-    back to each parameter's dtype); they are combined in place (pass
-    gradients you own). One host read: whether the direction is finite.
+    The counters of ``state`` are never changed (the new state is a new
+    object); the reference it holds is shared and updates its buffers in
+    place (a moving average advances; a skip restarts it), and the
+    gradients are combined in place (pass gradients you own). Gradients may
+    be half precision (combined in float32, the direction cast back to each
+    parameter's dtype). One host read: whether the direction is finite.
 
     Examples:
         .. code-block:: python
@@ -124,9 +127,6 @@ class Stepper:
                  scaler_driven: bool = False, measured_conflict: bool = True) -> dict:
         """Step along the direction (or skip); the step's stats."""
         with_stats = self.wants_stats()
-        if with_stats and self.regularizer is not None and omega is None:
-            with paddle.no_grad():  # Omega at the weights gO was taken at
-                omega = self.regularizer()
         step = take_step(self.rule, self.lam, self.state, params, task_grads, reg_grads, eps=self.eps,
                          with_stats=with_stats, task_loss=loss, reg_loss=omega,
                          measured_conflict=measured_conflict)
@@ -136,6 +136,9 @@ class Stepper:
         if not step.finite:
             self._skipped(params, owns_grads, routine=scaler is not None or scaler_driven)
             return step.stats
+        if with_stats and self.regularizer is not None and omega is None:
+            with paddle.no_grad():  # Omega at the weights gO was taken at (a closed form's step)
+                step.stats["reg_loss"] = self.regularizer().detach()
         for p, d in zip(params, step.directions):
             if d is None:
                 p.clear_gradient(False)
