@@ -15,3 +15,19 @@ def test_the_baselines_train_on_the_arms_training_and_held_out_images():
         assert none is None and len(arm_train) == 100 and len(held) == 40
         assert np.array_equal(np.sort(baseline), np.union1d(arm_train, held))
         assert len(np.intersect1d(arm_train, held)) == 0
+
+
+def test_the_evidence_pages_fairness_table_is_the_reports_output_on_the_committed_runs():
+    import pathlib
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import holdout_fairness
+
+    from lab import RunStore
+
+    runs = RunStore.merged(str(root / "docs" / "results" / "holdout_fairness")).values()
+    assert len(runs) == 30  # 2 pairs x 3 arms x 5 seeds, nothing dropped
+    table = holdout_fairness.report(runs, [0, 1, 2, 3, 4]).replace("lam 10", "λ 10")
+    assert table in (root / "docs" / "evidence.md").read_text(encoding="utf-8")

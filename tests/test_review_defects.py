@@ -181,7 +181,7 @@ def test_presets_still_build():
 def test_never_hurt_holdout_is_deprecated_with_its_evidence():
     from paddle_dtnh.rules import DEPRECATED_PRESETS, resolve_rule
 
-    with pytest.warns(DeprecationWarning, match="1.3 and 4.3 points"):
+    with pytest.warns(DeprecationWarning, match=r"0.5 ± 0.3 and 5.4 ± 1.2 points"):
         rule = resolve_rule("never_hurt_holdout")
     assert rule == PRESETS["never_hurt_holdout"]  # still runs, as an option
     explicit = Rule(granularity="layer", on_conflict="drop", reference="holdout", max_reg_ratio=1.0, holdout_every=8)
