@@ -186,14 +186,14 @@ def readme_table(results) -> str:
     baseline, ✱ where the regularizer helps, and the summary row."""
     rules = columns(results)
     keys = [k for k, _ in rules]
-    rows = ["| cell (✱ the regularizer helps) | " + " | ".join(n for _, n in rules) + " |",
-            "|---" * (len(rules) + 1) + "|"]
+    rows = ["| cell (✱ the regularizer helps) | seeds | " + " | ".join(n for _, n in rules) + " |",
+            "|---" * (len(rules) + 2) + "|"]
     for r in results:
         cols = [f"**{r.accuracy[k]:.1f}**" if r.regret[k][0] <= GOAL_WORST else f"{r.accuracy[k]:.1f}" for k in keys]
         star = " ✱" if r.best == "vanilla" else ""
-        rows.append(f"| {r.cell.replace(':', ' -> ', 1)}{star} | " + " | ".join(cols) + " |")
+        rows.append(f"| {r.cell.replace(':', ' -> ', 1)}{star} | {len(r.seeds)} | " + " | ".join(cols) + " |")
     totals = summary(results)
-    rows.append("| **worst cell / mean regret (points)** | "
+    rows.append("| **worst cell / mean regret (points)** | | "
                 + " | ".join(f"{totals[k][0]:.1f} / {totals[k][1]:+.1f}" for k in keys) + " |")
     return "\n".join(rows)
 

@@ -81,7 +81,7 @@ def test_the_evidence_plan_runs_whole_seeds_and_fine_tuning_once_per_pair():
 
 def test_the_readme_table_is_the_criterion_s_output_on_the_committed_runs(capsys):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    regret.main([os.path.join(root, "docs", "results", "discovery"), "--readme"])
+    regret.main([os.path.join(root, "docs", "results", "validation"), "--readme"])
     table = capsys.readouterr().out.strip()
     readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     assert table in readme
