@@ -21,20 +21,31 @@ def _module(path, name):
 
 evidence = _module("benchmarks/auto_evidence.py", "auto_evidence_for_leakage")
 demo = _module("demo/transfer.py", "demo_for_leakage")
+fairness = _module("benchmarks/holdout_fairness.py", "holdout_fairness_for_leakage")
 
 _HAS_FASHION = os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
 
 
 def _pairs():
-    """(source dataset, max images, target) of every pair of the 0.5 plans and the demo's scenarios."""
+    """(source dataset, max images, target) of every pair of the 0.5 plans, the
+    fairness comparison and the demo's scenarios; pairs on the same images are
+    checked once, under all their names."""
     pairs = {}
+
+    def add(key, name):
+        pairs[key] = f"{pairs[key]} = {name}" if key in pairs else name
+
     for plan in ("discovery", "validation"):
         for pair in evidence.PLANS[plan][0]:
             source, target = pair.split(":")
             settings = evidence.SOURCES[source]
-            pairs[(settings["dataset"], settings["max_images"], target)] = f"{plan}: {pair}"
+            add((settings["dataset"], settings["max_images"], target), f"{plan}: {pair}")
+    for pair in fairness.PAIRS:
+        source, target = pair.split(":")
+        settings = evidence.SOURCES[source]
+        add((settings["dataset"], settings["max_images"], target), f"holdout_fairness: {pair}")
     for name, scenario in demo.SCENARIOS.items():
-        pairs[(scenario["source"], scenario["source_images"], scenario["target"])] = f"demo --scenario {name}"
+        add((scenario["source"], scenario["source_images"], scenario["target"]), f"demo --scenario {name}")
     return sorted(pairs.items())
 
 
