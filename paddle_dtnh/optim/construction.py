@@ -209,13 +209,13 @@ def assemble(optimizer, regularizer, chosen: ChosenRule, schedule, nonfinite, ob
     lam, eps = check_nonnegative("lam", lam), check_positive("eps", eps)
     names = stable_names(params, loop.model)
     reference = make_reference(chosen.rule, holdout=holdout, model=loop.model)
-    gradient = RegularizerGradient(regularizer, data_parallel=bool(loop.data_parallel),
+    gradient = RegularizerGradient(regularizer, data_parallel=loop.data_parallel,
                                    pulled=pulled_parameters(chosen.decision, params, names, loop.model))
     stepper = Stepper(optimizer, chosen.rule, lam, schedule, nonfinite, observe, StepState(reference), eps=eps,
                       regularizer=regularizer)
     hook = HookLoop(params, gradient, stepper, loop.model, accumulation=loop.accumulation,
-                    data_parallel=bool(loop.data_parallel))
-    explicit = ExplicitLoop(params, gradient, stepper, hook.pending, data_parallel=bool(loop.data_parallel))
+                    data_parallel=loop.data_parallel)
+    explicit = ExplicitLoop(params, gradient, stepper, hook.pending, data_parallel=loop.data_parallel)
     config = configuration(lam=lam, lam_decay=schedule.lam_decay, preset=chosen.preset, rule=chosen.rule,
                            source_fit=chosen.source_fit)
     checkpoint = DTNHCheckpoint(optimizer, StructuredState(optimizer, params, names), stepper, names, params, config)

@@ -177,7 +177,7 @@ class DTNH(compat.OptimizerFacade):
     on_nonfinite = property(lambda self: self._stepper.nonfinite.on_nonfinite)
     max_consecutive_skips = property(lambda self: self._stepper.nonfinite.max_consecutive_skips)
     accumulation = property(lambda self: self._loop.accumulation)
-    data_parallel = property(lambda self: bool(self._loop.data_parallel))
+    data_parallel = property(lambda self: self._loop.data_parallel)
     num_steps = property(lambda self: self._stepper.state.num_steps, doc="Steps applied.")
     skipped_steps = property(lambda self: self._stepper.state.skipped_steps,
                              doc="Steps skipped for a non-finite direction.")

@@ -98,6 +98,7 @@ class LoopOptions:
 
     def __post_init__(self):
         check_choice("accumulation", self.accumulation, ACCUMULATIONS)
+        object.__setattr__(self, "data_parallel", bool(self.data_parallel))  # frozen: set once, here
 
 
 _GROUPS = {"schedule": LamSchedule, "nonfinite": NonFinitePolicy, "observe": Observation, "loop": LoopOptions}
